@@ -1,0 +1,36 @@
+"""`otter-jax <command>`: one entry point, one module per command.
+
+Each command module exposes `add_arguments(parser)` and `run(args) -> int`; modules are imported only when their
+command runs, so `otter-jax data ...` never pays for importing the model code and vice versa.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module path, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("otter_jax.convert.cli", "convert Otter checkpoints between PyTorch (HF layout) and our orbax format"),
+    "data": ("otter_jax.data.cli", "ingest MIMIC-IT files into the episode store and inspect it"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="otter-jax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.error(f"unknown command {argv[0]!r}")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    cmd_parser = argparse.ArgumentParser(prog=f"otter-jax {name}", description=COMMANDS[name][1])
+    module.add_arguments(cmd_parser)
+    return int(module.run(cmd_parser.parse_args(argv[1:])) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Otter checkpoints in the original HF layout (config.json + safetensors / .bin shards) <-> our model.
+
+Conversion is strict: every expected key must be present with the expected shape and no unknown key may be left
+over; all mismatches are reported together in one error, and nothing is written when anything is wrong.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Mapping
+
+import numpy as np
+from flax import nnx
+
+from otter_jax import sharding as S
+from otter_jax.convert.keymaps import IGNORED_TORCH_SUFFIXES, Rule, otter_rules
+from otter_jax.convert.torch_io import CheckpointError, TensorSource, atomic_dir_write, save_safetensors
+from otter_jax.models.config import ConfigError, OtterConfig, Policy
+from otter_jax.models.otter import Otter
+from otter_jax.tokens import find_special_tokens
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "tokenizer.model")
+
+
+def read_config(src_dir: str) -> OtterConfig:
+    path = os.path.join(src_dir, "config.json")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{src_dir}: no config.json")
+    with open(path) as fh:
+        try:
+            d = json.load(fh)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    cfg = OtterConfig.from_hf_dict(d, source=path)
+    tokens = find_special_tokens(src_dir, d.get("text_config"))
+    return OtterConfig(**{**_fields(cfg), "tokens": tokens})
+
+
+def _fields(cfg: OtterConfig) -> dict:
+    return {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
+
+
+def abstract_model(cfg: OtterConfig, policy: Policy = Policy()) -> Otter:
+    return nnx.eval_shape(lambda: Otter(cfg, policy, rngs=nnx.Rngs(0)))
+
+
+def _param_shapes(abstract: Otter) -> dict[str, tuple[int, ...]]:
+    return {".".join(map(str, p)): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(nnx.state(abstract))}
+
+
+def _slice_shape(rule: Rule, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return shape[1:] if rule.indices is not None else shape
+
+
+def expected_torch_shapes(cfg: OtterConfig, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for rule in otter_rules(cfg):
+        their = rule.transform.their_shape(_slice_shape(rule, shapes[rule.ours]))
+        out.update({k: their for k in rule.torch_keys()})
+    return out
+
+
+def check_keys(source_name: str, found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]):
+    """Raise one CheckpointError listing every missing, unexpected and mis-shaped key."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected and not k.endswith(IGNORED_TORCH_SUFFIXES)]
+    misshaped = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    if not (missing or unexpected or misshaped):
+        return
+    lines = [f"{source_name}: checkpoint does not match the model "
+             f"({len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} wrong shape)"]
+    lines += [f"  missing:     {k}  expected {list(expected[k])}" for k in missing]
+    lines += [f"  unexpected:  {k}  found {list(found[k])}" for k in unexpected]
+    lines += [f"  wrong shape: {k}  expected {list(expected[k])}, found {list(found[k])}" for k in misshaped]
+    raise CheckpointError("\n".join(lines))
+
+
+def torch_to_arrays(tensors: Mapping[str, np.ndarray], cfg: OtterConfig,
+                    shapes: Mapping[str, tuple[int, ...]], source_name: str = "checkpoint") -> dict[str, np.ndarray]:
+    """Torch state dict (original key names) -> our arrays keyed by dotted parameter path, after a strict check."""
+    found = {k: (tensors.shape(k) if isinstance(tensors, TensorSource) else tuple(np.shape(tensors[k])))
+             for k in tensors}
+    check_keys(source_name, found, expected_torch_shapes(cfg, shapes))
+    out = {}
+    for rule in otter_rules(cfg):
+        parts = [rule.transform.to_ours(np.asarray(tensors[k])) for k in rule.torch_keys()]
+        out[rule.ours] = parts[0] if rule.indices is None else np.stack(parts)
+    return out
+
+
+def arrays_to_torch(arrays: Mapping[str, np.ndarray], cfg: OtterConfig) -> dict[str, np.ndarray]:
+    """Our arrays -> torch state dict with the original key names, in the reference's key order where it matters
+    nothing (safetensors sorts keys itself)."""
+    out = {}
+    for rule in otter_rules(cfg):
+        a = np.asarray(arrays[rule.ours])
+        slices = [a] if rule.indices is None else list(a)
+        for key, part in zip(rule.torch_keys(), slices):
+            out[key] = np.ascontiguousarray(rule.transform.to_theirs(part))
+    return out
+
+
+def load_torch_checkpoint(path: str, policy: Policy = Policy(), mesh=None, rules: S.Rules = S.DEFAULT_RULES
+                          ) -> tuple[Otter, OtterConfig]:
+    """Load an Otter checkpoint directory in the original HF layout.
+
+    With `mesh`, every parameter goes straight from the file to its shards on the mesh.
+    """
+    cfg = read_config(path)
+    abstract = abstract_model(cfg, policy)
+    source = TensorSource(path)
+    arrays = torch_to_arrays(source, cfg, _param_shapes(abstract), source_name=path)
+    return S.place(abstract, arrays, mesh, rules), cfg
+
+
+def save_torch_checkpoint(model: Otter, cfg: OtterConfig, out_dir: str, max_shard_bytes: int | None = None,
+                          tokenizer_dir: str | None = None, dtype: str | None = None) -> None:
+    """Write config.json + model.safetensors (original key names) into `out_dir` (must be new or empty).
+
+    `dtype` casts on the way out (default: keep the parameter dtype); tokenizer files are copied from
+    `tokenizer_dir` when given."""
+    tensors = arrays_to_torch(S.flat_arrays(model), cfg)
+    if dtype is not None:
+        tensors = {k: v.astype(dtype) for k, v in tensors.items()}
+
+    def write(tmp: str) -> None:
+        save_safetensors(tensors, tmp, max_shard_bytes)
+        with open(os.path.join(tmp, "config.json"), "w") as fh:
+            json.dump(cfg.to_hf_dict(), fh, indent=2, sort_keys=True)
+        copy_tokenizer_files(tokenizer_dir, tmp)
+
+    atomic_dir_write(out_dir, write)
+
+
+def copy_tokenizer_files(src: str | None, dst: str) -> None:
+    if not src:
+        return
+    for name in TOKENIZER_FILES:
+        if os.path.exists(os.path.join(src, name)):
+            shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+
+
+__all__ = ["CheckpointError", "ConfigError", "load_torch_checkpoint", "save_torch_checkpoint", "read_config",
+           "torch_to_arrays", "arrays_to_torch", "abstract_model"]

@@ -1,0 +1,63 @@
+"""Gated cross-attention from text to perceiver latents, with Flamingo's "immediate media" mask.
+
+A text token at text_time j (the number of `<image>` tokens up to and including it) sees only the latents of media
+j. Tokens before any image (text_time 0) get a zero attention output; masked logits are filled with
+-finfo(float32).max, so a token whose text_time exceeds the number of media attends uniformly to all latents, as the
+reference does. During cached generation the caller passes text_time continued from the prompt.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from otter_jax.models import layers as L
+from otter_jax.models.config import OtterConfig, Policy
+
+XATTN_FILL = -float(jnp.finfo(jnp.float32).max)
+
+
+def text_time(input_ids: jax.Array, media_token_id: int, offset: jax.Array | int = 0) -> jax.Array:
+    """Cumulative count of `<image>` tokens (the token counts itself), plus `offset` media seen before."""
+    return jnp.cumsum(input_ids == media_token_id, axis=-1, dtype=jnp.int32) + jnp.asarray(offset, jnp.int32)[..., None]
+
+
+class MaskedCrossAttention(nnx.Module):
+    def __init__(self, dim: int, dim_visual: int, heads: int, dim_head: int, policy: Policy, rngs: nnx.Rngs):
+        inner = heads * dim_head
+        self.heads, self.dim_head = heads, dim_head
+        self.norm = L.layer_norm(dim, 1e-5, policy, rngs)
+        self.to_q = L.dense(dim, inner, ("embed", "heads"), policy, rngs)
+        self.to_kv = L.dense(dim_visual, (2, inner), ("embed", None, "heads"), policy, rngs)
+        self.to_out = L.dense(inner, dim, ("heads", "embed"), policy, rngs)
+
+    def __call__(self, x: jax.Array, media: jax.Array, text_time: jax.Array) -> jax.Array:
+        """x [B, L, d], media [B, T, n, dv], text_time [B, L] -> [B, L, d]."""
+        b, l, _ = x.shape
+        _, t, n, _ = media.shape
+        h, dh = self.heads, self.dim_head
+        q = (self.to_q(self.norm(x)) * dh ** -0.5).reshape(b, l, h, dh)
+        kv = self.to_kv(media.reshape(b, t * n, -1).astype(x.dtype))
+        k, v = (kv[:, :, i].reshape(b, t * n, h, dh) for i in (0, 1))
+        logits = jnp.einsum("blhd,bshd->bhls", q, k, preferred_element_type=jnp.float32)
+        media_time = jnp.repeat(jnp.arange(1, t + 1, dtype=jnp.int32), n)
+        visible = text_time[:, None, :, None] == media_time[None, None, None, :]
+        probs = jax.nn.softmax(jnp.where(visible, logits, XATTN_FILL), axis=-1)
+        probs = jnp.where((text_time == 0)[:, None, :, None], 0.0, probs).astype(v.dtype)
+        out = jnp.einsum("bhls,bshd->blhd", probs, v).reshape(b, l, h * dh)
+        return self.to_out(out)
+
+
+class GatedCrossAttentionBlock(nnx.Module):
+    """x + tanh(attn_gate) * xattn(x) then x + tanh(ff_gate) * FF(x); gates start at 0 so a fresh block is inert."""
+
+    def __init__(self, cfg: OtterConfig, policy: Policy, rngs: nnx.Rngs):
+        dim = cfg.text.hidden_size
+        self.attn = MaskedCrossAttention(dim, cfg.vis_dim, cfg.xattn_heads, cfg.xattn_dim_head, policy, rngs)
+        self.attn_gate = L.param((1,), (None,), policy, rngs, nnx.initializers.zeros_init())
+        self.feed_forward = L.FeedForward(dim, cfg.xattn_ff_mult, policy, rngs)
+        self.ff_gate = L.param((1,), (None,), policy, rngs, nnx.initializers.zeros_init())
+
+    def __call__(self, x: jax.Array, media: jax.Array, text_time: jax.Array) -> jax.Array:
+        x = self.attn(x, media, text_time) * jnp.tanh(self.attn_gate[...]).astype(x.dtype) + x
+        return self.feed_forward(x) * jnp.tanh(self.ff_gate[...]).astype(x.dtype) + x

@@ -1,0 +1,136 @@
+"""Building blocks shared by every tower: partitioned dense/norm layers, attention, the Flamingo feed-forward,
+and stacked (scanned) layers.
+
+Every parameter is created with logical axis names (see `otter_jax.sharding` for the rules that map them onto a
+mesh). Attention logits and softmax are always computed in float32: the cross-attention mask fill value
+(-finfo(float32).max) does not survive a cast to bfloat16.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from otter_jax.models.config import Policy
+
+Axes = Sequence[str | None]
+
+_kernel_init = nnx.initializers.normal(0.02)
+
+
+def dtypes(policy: Policy) -> dict[str, Any]:
+    return {"dtype": jnp.dtype(policy.dtype), "param_dtype": jnp.dtype(policy.param_dtype)}
+
+
+def dense(in_features: int, out_features: int | tuple[int, ...], axes: Axes, policy: Policy, rngs: nnx.Rngs,
+          use_bias: bool = False) -> nnx.Module:
+    """A linear layer whose kernel is named `axes` (input axis first). A tuple `out_features` gives a kernel of
+    shape (in, *out): fused projections keep their parts on a separate axis so tensor sharding never splits q from k."""
+    kernel_init = nnx.with_partitioning(_kernel_init, tuple(axes))
+    bias_init = nnx.with_partitioning(nnx.initializers.zeros_init(), tuple(axes[1:]))
+    if isinstance(out_features, tuple):
+        return nnx.LinearGeneral(in_features, out_features, use_bias=use_bias, kernel_init=kernel_init,
+                                 bias_init=bias_init, rngs=rngs, **dtypes(policy))
+    return nnx.Linear(in_features, out_features, use_bias=use_bias, kernel_init=kernel_init, bias_init=bias_init,
+                      rngs=rngs, **dtypes(policy))
+
+
+def layer_norm(dim: int, eps: float, policy: Policy, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.LayerNorm:
+    # Two-pass variance, as torch computes it (flax's default E[x^2]-E[x]^2 drifts by ~1e-6).
+    return nnx.LayerNorm(dim, epsilon=eps, use_bias=use_bias, use_fast_variance=False, rngs=rngs,
+                         scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)),
+                         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)), **dtypes(policy))
+
+
+def rms_norm(dim: int, eps: float, policy: Policy, rngs: nnx.Rngs) -> nnx.RMSNorm:
+    return nnx.RMSNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs,
+                       scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)), **dtypes(policy))
+
+
+def param(shape: tuple[int, ...], axes: Axes, policy: Policy, rngs: nnx.Rngs,
+          init: Callable = nnx.initializers.normal(1.0)) -> nnx.Param:
+    value = init(rngs.params(), shape, jnp.dtype(policy.param_dtype))
+    return nnx.Param(value, out_sharding=tuple(axes))
+
+
+def gelu_exact(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu_exact, "silu": jax.nn.silu}
+
+MASK_FILL = float(jnp.finfo(jnp.float32).min)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, mask: jax.Array | None = None,
+           bias: jax.Array | None = None) -> jax.Array:
+    """Softmax attention with grouped key/value heads.
+
+    q: [B, Lq, H, D]; k, v: [B, Lk, KV, D] with H % KV == 0; mask: bool, broadcastable to [B, Lq, Lk] (True = keep);
+    bias: float, broadcastable to [B, H, Lq, Lk]. Returns [B, Lq, H, D] in v's dtype.
+    """
+    b, lq, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, lq, kv, h // kv, d)
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        bias = jnp.broadcast_to(bias, (bias.shape[0], h, lq, logits.shape[-1]))
+        logits = logits + bias.reshape(bias.shape[0], kv, h // kv, lq, -1).astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask[:, None, None], logits, MASK_FILL)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, lq, h, d)
+
+
+class FeedForward(nnx.Module):
+    """Flamingo feed-forward: LayerNorm -> Linear (no bias) -> exact GELU -> Linear (no bias).
+
+    Used by the perceiver and the gated cross-attention block (torch names `feed_forward.{0,1,3}`)."""
+
+    def __init__(self, dim: int, mult: int, policy: Policy, rngs: nnx.Rngs):
+        self.norm = layer_norm(dim, 1e-5, policy, rngs)
+        self.fc1 = dense(dim, dim * mult, ("embed", "mlp"), policy, rngs)
+        self.fc2 = dense(dim * mult, dim, ("mlp", "embed"), policy, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(gelu_exact(self.fc1(self.norm(x))))
+
+
+def create_stacked(factory: Callable[[nnx.Rngs], nnx.Module], n: int, rngs: nnx.Rngs) -> nnx.Module:
+    """n copies of a module with parameters stacked on a leading "layers" axis, for `scan`."""
+
+    @nnx.split_rngs(splits=n)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(r: nnx.Rngs) -> nnx.Module:
+        return factory(r)
+
+    return make(rngs)
+
+
+def remat_policy(name: str) -> Callable | None:
+    if name in ("full", "nothing_saveable"):
+        return jax.checkpoint_policies.nothing_saveable
+    try:
+        return getattr(jax.checkpoint_policies, name)
+    except AttributeError:
+        raise ValueError(f"unknown remat policy {name!r}; use 'none', 'full' or a jax.checkpoint_policies name")
+
+
+def scan(stacked: nnx.Module, carry: Any, body: Callable[[nnx.Module, Any], tuple[Any, Any]],
+         remat: str = "none") -> tuple[Any, Any]:
+    """Run `body(layer, carry) -> (carry, y)` over the stacked layers; compile time does not grow with depth."""
+
+    def step(c, layer):
+        return body(layer, c)
+
+    if remat != "none":
+        step = nnx.remat(step, policy=remat_policy(remat), prevent_cse=False)
+    scanned = nnx.scan(step, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0),
+                       transform_metadata={nnx.PARTITION_NAME: "layers"})
+    return scanned(carry, stacked)

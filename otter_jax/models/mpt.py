@@ -1,0 +1,79 @@
+"""MPT decoder layer (MPT-7B choices): fused Wqkv, ALiBi, bias-free LayerNorms, exact-GELU MLP."""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from otter_jax.models import layers as L
+from otter_jax.models.config import MptConfig, Policy
+
+
+class AttentionContext(NamedTuple):
+    mask: jax.Array  # bool [B, Lq, Lk]
+    bias: jax.Array  # float32 [B, H, Lq, Lk], ALiBi
+
+
+def alibi_slopes(n_heads: int, bias_max: int = 8) -> np.ndarray:
+    """MPT's slopes: geometric for the next power of two, then (for other head counts) the odd-indexed slopes
+    followed by the even-indexed ones, truncated to n_heads."""
+    n_pow2 = 2 ** math.ceil(math.log2(n_heads))
+    slopes = 1.0 / np.power(2.0, np.arange(1, n_pow2 + 1, dtype=np.float32) * (bias_max / n_pow2))
+    if n_pow2 != n_heads:
+        slopes = np.concatenate([slopes[1::2], slopes[::2]])[:n_heads]
+    return slopes.astype(np.float32)
+
+
+def attention_context(cfg: MptConfig, mask: jax.Array, positions: jax.Array, key_positions: jax.Array | None = None
+                      ) -> AttentionContext:
+    """ALiBi as slope * (key_pos - query_pos): MPT's `slope * (j - (L-1))` shifted per query row, which the softmax
+    ignores, and the form that still holds when keys come from a cache."""
+    key_positions = positions if key_positions is None else key_positions
+    rel = (key_positions[:, None, :] - positions[:, :, None]).astype(jnp.float32)
+    slopes = jnp.asarray(alibi_slopes(cfg.n_heads, cfg.alibi_bias_max))
+    return AttentionContext(mask, slopes[None, :, None, None] * rel[:, None])
+
+
+class MptAttention(nnx.Module):
+    def __init__(self, cfg: MptConfig, policy: Policy, rngs: nnx.Rngs):
+        d = cfg.d_model
+        self.heads, self.dim_head = cfg.n_heads, cfg.dim_head
+        self.Wqkv = L.dense(d, (3, d), ("embed", None, "heads"), policy, rngs)
+        self.out_proj = L.dense(d, d, ("heads", "embed"), policy, rngs)
+
+    def __call__(self, x: jax.Array, ctx: AttentionContext) -> jax.Array:
+        b, l, d = x.shape
+        qkv = self.Wqkv(x)  # [B, L, 3, d]
+        q, k, v = (qkv[:, :, i].reshape(b, l, self.heads, self.dim_head) for i in range(3))
+        out = L.attend(q, k, v, scale=self.dim_head ** -0.5, mask=ctx.mask, bias=ctx.bias)
+        return self.out_proj(out.reshape(b, l, d))
+
+
+class MptMLP(nnx.Module):
+    def __init__(self, cfg: MptConfig, policy: Policy, rngs: nnx.Rngs):
+        d, f = cfg.d_model, cfg.d_model * cfg.expansion_ratio
+        self.up_proj = L.dense(d, f, ("embed", "mlp"), policy, rngs)
+        self.down_proj = L.dense(f, d, ("mlp", "embed"), policy, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(L.gelu_exact(self.up_proj(x)))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: MptConfig, policy: Policy, rngs: nnx.Rngs):
+        self.norm_1 = L.layer_norm(cfg.d_model, cfg.layer_norm_eps, policy, rngs, use_bias=False)
+        self.attn = MptAttention(cfg, policy, rngs)
+        self.norm_2 = L.layer_norm(cfg.d_model, cfg.layer_norm_eps, policy, rngs, use_bias=False)
+        self.ffn = MptMLP(cfg, policy, rngs)
+
+    def __call__(self, x: jax.Array, ctx: AttentionContext) -> jax.Array:
+        x = x + self.attn(self.norm_1(x), ctx)
+        return x + self.ffn(self.norm_2(x))
+
+
+def final_norm(cfg: MptConfig, policy: Policy, rngs: nnx.Rngs) -> nnx.Module:
+    return L.layer_norm(cfg.d_model, cfg.layer_norm_eps, policy, rngs, use_bias=False)

@@ -1,0 +1,144 @@
+"""The Otter composite: CLIP encoder -> perceiver -> language model with gated cross-attention blocks.
+
+The decoder is organised as `num_groups` identical groups of `cross_attn_every_n_layers` decoder layers, with the
+gated cross-attention block before the last layer of each group (upstream placement: before layer i iff
+(i + 1) % n == 0). Groups are stacked and scanned, so compile time is independent of depth; the few layers after the
+last group (when n does not divide the depth) have no block and run unscanned.
+"""
+from __future__ import annotations
+
+import dataclasses
+from types import ModuleType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from otter_jax.models import layers as L
+from otter_jax.models import llama, mpt
+from otter_jax.models.config import OtterConfig, Policy
+from otter_jax.models.cross_attention import GatedCrossAttentionBlock, text_time as compute_text_time
+from otter_jax.models.perceiver import PerceiverResampler
+from otter_jax.models.vision import CLIPVisionEncoder
+
+ARCHITECTURES: dict[str, ModuleType] = {"llama": llama, "mpt": mpt}
+IGNORE_INDEX = -100
+
+
+@struct.dataclass
+class OtterOutput:
+    logits: jax.Array  # [B, L, V] float32
+    loss: jax.Array | None = None
+    text_time: jax.Array | None = None  # [B, L]
+    # Only with output_intermediates=True:
+    vision_last_hidden_state: jax.Array | None = None  # [B*T*F, 1 + patches, vis_dim], CLS first
+    perceiver_out: jax.Array | None = None  # [B, T, latents, vis_dim]
+    hidden_states: jax.Array | None = None  # [n_layers + 1, B, L, d]: inputs of each layer, then the final norm
+    xattn_outputs: jax.Array | None = None  # [num_groups, B, L, d]: outputs of the gated blocks, in layer order
+
+
+def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean cross-entropy of logits[:, t] against labels[:, t + 1] over labels != -100 (upstream rule)."""
+    targets = labels[:, 1:]
+    valid = targets != IGNORE_INDEX
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(jnp.float32),
+                                                         jnp.where(valid, targets, 0))
+    return jnp.sum(ce * valid) / jnp.maximum(jnp.sum(valid), 1)
+
+
+class DecoderGroup(nnx.Module):
+    def __init__(self, cfg: OtterConfig, arch: ModuleType, policy: Policy, rngs: nnx.Rngs):
+        self.layers = nnx.List([arch.DecoderLayer(cfg.text, policy, rngs) for _ in range(cfg.cross_attn_every_n_layers)])
+        self.gated_cross_attn = GatedCrossAttentionBlock(cfg, policy, rngs)
+
+    def __call__(self, x, media, text_time, ctx, collect: bool):
+        inputs, xattn_out = [], None
+        for j, layer in enumerate(self.layers):
+            if collect:
+                inputs.append(x)
+            if j == len(self.layers) - 1:
+                x = xattn_out = self.gated_cross_attn(x, media, text_time)
+            x = layer(x, ctx)
+        return x, ((jnp.stack(inputs), xattn_out) if collect else None)
+
+
+class Otter(nnx.Module):
+    def __init__(self, cfg: OtterConfig, policy: Policy = Policy(), *, rngs: nnx.Rngs):
+        self.cfg, self.policy = cfg, policy
+        arch = ARCHITECTURES[cfg.text_model_type]
+        text = cfg.text
+        # Parameters carry logical axis names; placement on a mesh is done explicitly (otter_jax.sharding), so the
+        # model can also be built with no mesh at all.
+        with nnx.use_eager_sharding(False):
+            self.vision_encoder = CLIPVisionEncoder(cfg.vision, policy, rngs)
+            self.perceiver = PerceiverResampler(cfg, policy, rngs)
+            self.embed_tokens = nnx.Embed(
+                text.vocab_size, text.hidden_size, rngs=rngs, **L.dtypes(policy),
+                embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed")))
+            self.groups = L.create_stacked(lambda r: DecoderGroup(cfg, arch, policy, r), cfg.num_groups, rngs)
+            self.tail = nnx.List([arch.DecoderLayer(text, policy, rngs) for _ in range(cfg.num_tail_layers)])
+            self.norm = arch.final_norm(text, policy, rngs)
+            self.lm_head = (None if cfg.tied_embeddings else
+                            L.dense(text.hidden_size, text.vocab_size, ("embed", "vocab"), policy, rngs))
+
+    # ------------------------------------------------------------------------------------------------ pieces
+    def encode_vision(self, vision_x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """vision_x [B, T, F, C, H, W] -> (CLIP last hidden state [B*T*F, 1+v, D], perceiver latents [B, T, n, D])."""
+        b, t, f = vision_x.shape[:3]
+        hidden = self.vision_encoder(vision_x.reshape((b * t * f,) + vision_x.shape[3:]))
+        patches = hidden[:, 1:].reshape(b, t, f, hidden.shape[1] - 1, hidden.shape[2])
+        return hidden, self.perceiver(patches)
+
+    def decode(self, input_ids: jax.Array, media: jax.Array, mask: jax.Array, positions: jax.Array,
+               text_time: jax.Array, collect: bool = False) -> tuple[jax.Array, Any]:
+        """Run the language model on token ids with the given media latents; returns (logits, intermediates)."""
+        arch = ARCHITECTURES[self.cfg.text_model_type]
+        ctx = arch.attention_context(self.cfg.text, mask, positions)
+        x = self.embed_tokens(input_ids)
+        x, ys = L.scan(self.groups, x, lambda g, h: g(h, media, text_time, ctx, collect), self.policy.remat)
+        tail_inputs = []
+        for layer in self.tail:
+            tail_inputs.append(x)
+            x = layer(x, ctx)
+        x = self.norm(x)
+        logits = (self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)).astype(jnp.float32)
+        if not collect:
+            return logits, None
+        group_inputs, xattn_out = ys  # [G, n, B, L, d], [G, B, L, d]
+        hidden = [group_inputs.reshape((-1,) + group_inputs.shape[2:])]
+        hidden += [h[None] for h in tail_inputs] + [x[None]]
+        return logits, (jnp.concatenate(hidden, axis=0), xattn_out)
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def __call__(self, vision_x, input_ids, attention_mask=None, labels=None, *, text_time=None,
+                 output_intermediates: bool = False) -> OtterOutput:
+        """Forward pass as the reference computes it (positions 0..L-1, causal + key-padding mask)."""
+        vision_x = jnp.asarray(vision_x, self.policy.dtype)
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        b, l = input_ids.shape
+        attention_mask = jnp.ones((b, l), bool) if attention_mask is None else jnp.asarray(attention_mask) != 0
+        if text_time is None:
+            text_time = compute_text_time(input_ids, self.media_token_id)
+        vis_hidden, media = self.encode_vision(vision_x)
+        mask = jnp.tril(jnp.ones((l, l), bool))[None] & attention_mask[:, None, :]
+        positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+        logits, inter = self.decode(input_ids, media, mask, positions, text_time, collect=output_intermediates)
+        loss = None if labels is None else causal_lm_loss(logits, jnp.asarray(labels, jnp.int32))
+        if not output_intermediates:
+            return OtterOutput(logits=logits, loss=loss, text_time=text_time)
+        return OtterOutput(logits=logits, loss=loss, text_time=text_time, vision_last_hidden_state=vis_hidden,
+                           perceiver_out=media, hidden_states=inter[0], xattn_outputs=inter[1])
+
+    @property
+    def media_token_id(self) -> int:
+        if self.cfg.tokens is None:
+            raise ValueError("the model config has no special token ids (OtterConfig.tokens); load the model with "
+                             "its tokenizer, or pass text_time explicitly")
+        return self.cfg.tokens.media
+
+    def with_config(self, **changes) -> "Otter":
+        """Same parameters, config fields replaced (e.g. tokens=...)."""
+        self.cfg = dataclasses.replace(self.cfg, **changes)
+        return self
