@@ -6,6 +6,7 @@ replicated instead (e.g. a 32004-row vocabulary on 8 tensor shards), and a mesh 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Mapping, Sequence
 
@@ -81,16 +82,16 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) 
 def create_sharded(make: Callable[[], nnx.Module], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.Module:
     """Initialise `make()` with every parameter created directly in its shards (never whole on one device)."""
     abstract = nnx.eval_shape(make)
-    shardings = state_shardings(nnx.state(abstract), mesh, rules)
+    graphdef, state = nnx.split(abstract)
+    shardings = nnx.to_pure_dict(state_shardings(state, mesh, rules))
 
-    @nnx.jit(out_shardings=shardings)
+    @functools.partial(jax.jit, out_shardings=shardings)
     def init():
-        model = make()
-        return nnx.state(model)
+        return nnx.to_pure_dict(nnx.state(make()))
 
-    graphdef = nnx.graphdef(abstract)
     with jax.set_mesh(mesh):
-        state = init()
+        values = init()
+    nnx.replace_by_pure_dict(state, values)
     return nnx.merge(graphdef, state)
 
 

@@ -116,17 +116,18 @@ def load_torch_checkpoint(path: str, policy: Policy = Policy(), mesh=None, rules
 
 
 def save_torch_checkpoint(model: Otter, cfg: OtterConfig, out_dir: str, max_shard_bytes: int | None = None,
-                          tokenizer_dir: str | None = None, dtype: str | None = None) -> None:
+                          tokenizer_dir: str | None = None, dtype: str | None = None,
+                          metadata: dict[str, str] | None = None) -> None:
     """Write config.json + model.safetensors (original key names) into `out_dir` (must be new or empty).
 
     `dtype` casts on the way out (default: keep the parameter dtype); tokenizer files are copied from
-    `tokenizer_dir` when given."""
+    `tokenizer_dir` when given; `metadata` goes into the safetensors header next to {"format": "pt"}."""
     tensors = arrays_to_torch(S.flat_arrays(model), cfg)
     if dtype is not None:
         tensors = {k: v.astype(dtype) for k, v in tensors.items()}
 
     def write(tmp: str) -> None:
-        save_safetensors(tensors, tmp, max_shard_bytes)
+        save_safetensors(tensors, tmp, max_shard_bytes, metadata)
         with open(os.path.join(tmp, "config.json"), "w") as fh:
             json.dump(cfg.to_hf_dict(), fh, indent=2, sort_keys=True)
         copy_tokenizer_files(tokenizer_dir, tmp)

@@ -29,6 +29,15 @@ class TensorSource(Mapping[str, np.ndarray]):
                 self._where[key] = f
                 self._shapes[key] = shape
 
+    def metadata(self) -> dict[str, str]:
+        """The `__metadata__` of the first safetensors file (empty for .bin checkpoints)."""
+        if not self._files[0].endswith(".safetensors"):
+            return {}
+        from safetensors import safe_open
+
+        with safe_open(self._files[0], framework="np") as fh:
+            return dict(fh.metadata() or {})
+
     def shape(self, key: str) -> tuple[int, ...]:
         return self._shapes[key]
 
@@ -111,15 +120,17 @@ def _torch_to_numpy(t) -> np.ndarray:
     return t.numpy()
 
 
-def save_safetensors(tensors: Mapping[str, np.ndarray], out_dir: str, max_shard_bytes: int | None = None) -> list[str]:
+def save_safetensors(tensors: Mapping[str, np.ndarray], out_dir: str, max_shard_bytes: int | None = None,
+                     metadata: dict[str, str] | None = None) -> list[str]:
     """Write `model.safetensors` (or shards + index when larger than `max_shard_bytes`); returns the files."""
     from safetensors.numpy import save_file
 
+    metadata = {"format": "pt", **(metadata or {})}
     os.makedirs(out_dir, exist_ok=True)
     total = sum(a.nbytes for a in tensors.values())
     if max_shard_bytes is None or total <= max_shard_bytes:
         path = os.path.join(out_dir, "model.safetensors")
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path, metadata={"format": "pt"})
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path, metadata=metadata)
         return [path]
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
@@ -132,7 +143,7 @@ def save_safetensors(tensors: Mapping[str, np.ndarray], out_dir: str, max_shard_
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     weight_map = {}
     for name, shard in zip(names, shards):
-        save_file(shard, os.path.join(out_dir, name), metadata={"format": "pt"})
+        save_file(shard, os.path.join(out_dir, name), metadata=metadata)
         weight_map.update({k: name for k in shard})
     with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as fh:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, fh, indent=2)

@@ -1,0 +1,24 @@
+"""Which parameters training updates. Upstream recipe: the perceiver, every gated cross-attention block and the
+input embeddings (+ the untied output head); vision encoder and language model frozen, each optionally unfrozen."""
+from __future__ import annotations
+
+from flax import nnx
+
+ALWAYS = ("perceiver.", "groups.gated_cross_attn.", "embed_tokens.", "lm_head.")
+VISION = ("vision_encoder.",)
+LANGUAGE = ("groups.layers.", "tail.", "norm.")
+
+
+def is_trainable(path: str, train_lm: bool = False, train_vision: bool = False) -> bool:
+    """`path` is a dotted parameter path of `Otter`, e.g. "groups.gated_cross_attn.attn_gate"."""
+    prefixes = ALWAYS + (LANGUAGE if train_lm else ()) + (VISION if train_vision else ())
+    return path.startswith(prefixes)
+
+
+def trainable_filter(train_lm: bool = False, train_vision: bool = False) -> nnx.filterlib.Filter:
+    """An nnx filter selecting the trainable parameters (for `nnx.DiffState`, `nnx.Optimizer(wrt=...)`)."""
+
+    def keep(path, value) -> bool:
+        return is_trainable(".".join(map(str, path)), train_lm, train_vision)
+
+    return nnx.All(nnx.Param, keep)
