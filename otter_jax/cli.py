@@ -12,13 +12,14 @@ import sys
 # command name -> (module path, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("otter_jax.convert.cli", "convert Otter checkpoints between PyTorch (HF layout) and our orbax format"),
+    "forward": ("otter_jax.forward", "run a checkpoint on inputs from an .npz and compare with reference outputs"),
     "data": ("otter_jax.data.cli", "ingest MIMIC-IT files into the episode store and inspect it"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="otter-jax", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="otter-jax", description="Otter in JAX: convert, run, train, evaluate.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)

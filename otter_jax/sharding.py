@@ -125,3 +125,13 @@ def flat_arrays(model: nnx.Module) -> dict[str, np.ndarray]:
 def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES, ndim: int = 2) -> NamedSharding:
     """Sharding of a batch-major array: leading axis over the mesh axes that "batch" maps to."""
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), (0,) * ndim, mesh, rules))
+
+
+def per_device_bytes(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
+    """Bytes of `state` (abstract is fine) held by the most loaded device once sharded by `rules`."""
+    total = 0
+    for (_, var), (_, shard) in zip(nnx.to_flat_state(state), nnx.to_flat_state(state_shardings(state, mesh, rules))):
+        value = var.get_value()
+        local = shard.get_value().shard_shape(value.shape)
+        total += math.prod(local) * np.dtype(value.dtype).itemsize
+    return total

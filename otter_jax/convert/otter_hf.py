@@ -5,6 +5,7 @@ over; all mismatches are reported together in one error, and nothing is written 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -35,18 +36,14 @@ def read_config(src_dir: str) -> OtterConfig:
             raise CheckpointError(f"{path}: invalid JSON ({e})") from e
     cfg = OtterConfig.from_hf_dict(d, source=path)
     tokens = find_special_tokens(src_dir, d.get("text_config"))
-    return OtterConfig(**{**_fields(cfg), "tokens": tokens})
-
-
-def _fields(cfg: OtterConfig) -> dict:
-    return {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
+    return dataclasses.replace(cfg, tokens=tokens)
 
 
 def abstract_model(cfg: OtterConfig, policy: Policy = Policy()) -> Otter:
     return nnx.eval_shape(lambda: Otter(cfg, policy, rngs=nnx.Rngs(0)))
 
 
-def _param_shapes(abstract: Otter) -> dict[str, tuple[int, ...]]:
+def param_shapes(abstract: Otter) -> dict[str, tuple[int, ...]]:
     return {".".join(map(str, p)): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(nnx.state(abstract))}
 
 
@@ -111,7 +108,7 @@ def load_torch_checkpoint(path: str, policy: Policy = Policy(), mesh=None, rules
     cfg = read_config(path)
     abstract = abstract_model(cfg, policy)
     source = TensorSource(path)
-    arrays = torch_to_arrays(source, cfg, _param_shapes(abstract), source_name=path)
+    arrays = torch_to_arrays(source, cfg, param_shapes(abstract), source_name=path)
     return S.place(abstract, arrays, mesh, rules), cfg
 
 
@@ -144,4 +141,4 @@ def copy_tokenizer_files(src: str | None, dst: str) -> None:
 
 
 __all__ = ["CheckpointError", "ConfigError", "load_torch_checkpoint", "save_torch_checkpoint", "read_config",
-           "torch_to_arrays", "arrays_to_torch", "abstract_model"]
+           "torch_to_arrays", "arrays_to_torch", "abstract_model", "param_shapes"]
