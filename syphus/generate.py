@@ -1,0 +1,89 @@
+"""`syphus run`: visual annotations -> instruction-response pairs in MIMIC-IT format, via the journal.
+
+Outputs in the run folder are rebuilt from the journal after every run (never appended), so they hold each
+pair exactly once however often the run was killed and resumed:
+  <CODE>_instructions.json  MIMIC-IT instructions; ids <CODE>_INS_00001.. in annotation order, rel_ins_ids =
+                            the other pairs generated from the same annotation
+  <CODE>_invalid.jsonl      answered but unusable responses, with the reason and the raw text
+  <CODE>_failed.jsonl       requests that never got an answer, with the reason of the last attempt
+  <CODE>_meta.json          counts, tokens, cost, model and timing
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from syphus.dispatch import Gen, Mode, dispatch, dry_run
+from syphus.engine import Endpoint
+from syphus.journal import Journal
+from syphus.mimicit import atomic_write_text, write_instructions
+from syphus.parse import QA_SCHEMA, parse_pairs
+from syphus.prompt import PromptSpec
+from syphus.readers import read_annotations
+
+JOURNAL_NAME = "journal.sqlite"
+
+
+def plan(spec: PromptSpec, annotations: str | Path, gen: Gen, limit: int | None = None,
+         with_examples: bool = True):
+    """(item_id, seq, body, meta) for each annotation."""
+    queries = read_annotations(annotations, spec.reader)[:limit]
+    as_json = gen.structured
+    return [(q.item_id, seq, gen.body(spec.messages(q.text, as_json, with_examples), QA_SCHEMA if as_json else None),
+             {"image_ids": q.image_ids, "query": q.text}) for seq, q in enumerate(queries)]
+
+
+def jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def write_outputs(journal: Journal, task: str, code: str, out_dir: Path, extra_meta: dict | None = None) -> dict:
+    data, invalid, failed, pending = {}, [], [], 0
+    n = 0
+    for item_id, meta, status, response, finish, error in journal.items(task):
+        if status == "pending":
+            pending += 1
+            continue
+        if status == "failed":
+            failed.append({"item_id": item_id, "reason": error})
+            continue
+        pairs, reason = parse_pairs(response, finish)
+        if reason:
+            invalid.append({"item_id": item_id, "reason": reason, "raw": response})
+            continue
+        ids = [f"{code}_INS_{n + i + 1:05d}" for i in range(len(pairs))]
+        n += len(pairs)
+        for ins_id, p in zip(ids, pairs):
+            data[ins_id] = {"instruction": p["question"], "answer": p["answer"], "image_ids": meta["image_ids"],
+                            "rel_ins_ids": [i for i in ids if i != ins_id]}
+    write_instructions(out_dir / f"{code}_instructions.json", data)
+    jsonl(out_dir / f"{code}_invalid.jsonl", invalid)
+    jsonl(out_dir / f"{code}_failed.jsonl", failed)
+    summary = {"task": task, "instructions": len(data), "invalid_responses": len(invalid),
+               "failed_requests": len(failed), "pending_requests": pending,
+               "accounting": journal.accounting().get(task, {}), **(extra_meta or {})}
+    atomic_write_text(out_dir / f"{code}_meta.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def run_task(spec: PromptSpec, annotations: str | Path, out_dir: str | Path, gen: Gen, ep: Endpoint,
+             mode: Mode = Mode(), dry: bool = False, limit: int | None = None, show: int = 3) -> dict:
+    entries = plan(spec, annotations, gen, limit)
+    if dry:
+        return dry_run([(e[0], e[2]) for e in entries], ep, show)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    journal = Journal(out_dir / JOURNAL_NAME)
+    try:
+        journal.add_many(spec.code, entries)
+        t0 = time.time()
+        sent = dispatch(journal, spec.code, ep, mode)
+        return write_outputs(journal, spec.code, spec.code, out_dir, {
+            "model": gen.model, "base_url": ep.base_url, "prompt": str(spec.path), "annotations": str(annotations),
+            "params": {"temperature": gen.temperature, "top_p": gen.top_p, "max_tokens": gen.max_tokens,
+                       "structured": gen.structured, "batch": mode.batch},
+            "this_run": {**sent, "wall_s": round(time.time() - t0, 3)}})
+    finally:
+        journal.close()
