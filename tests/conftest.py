@@ -4,32 +4,7 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import pathlib  # noqa: E402
-
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
-GOLDEN = SHARED / "golden"
-GOLDEN_FIXTURES = ("otter_llama_tiny", "otter_llama_gqa_tiny", "otter_mpt_tiny")
-
-
-def golden_dir(name: str) -> pathlib.Path:
-    if not GOLDEN.is_dir():
-        pytest.skip(f"golden fixtures not found at {GOLDEN} (they ship in the project's shared/ folder)")
-    return GOLDEN / name
-
-
-def golden_case(name: str, case: str) -> tuple[dict, dict]:
-    """Inputs and reference outputs of one case; `incontext_train_layout` rebuilds its vision_x as documented."""
-    d = golden_dir(name)
-    inputs = dict(np.load(d / f"inputs_{case}.npz"))
-    outputs = dict(np.load(d / f"outputs_{case}.npz"))
-    if "vision_x" not in inputs:
-        vx = np.load(d / "inputs_image.npz")["vision_x"]
-        inputs["vision_x"] = vx.reshape(vx.shape[0], 1, -1, *vx.shape[3:])
-    return inputs, outputs
-
 
 _models: dict = {}
 
@@ -37,6 +12,7 @@ _models: dict = {}
 @pytest.fixture(scope="session")
 def golden_model():
     """name -> (model, config) loaded from the golden safetensors once per session."""
+    from golden_helpers import golden_dir
     from otter_jax import convert
 
     def load(name: str):

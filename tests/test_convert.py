@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import GOLDEN_FIXTURES, golden_case, golden_dir
+from golden_helpers import GOLDEN_FIXTURES, golden_case, golden_dir
 from otter_jax import checkpoint, convert
 from otter_jax import sharding as S
 from otter_jax.cli import main as cli_main

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import GOLDEN_FIXTURES, golden_case, golden_dir
+from golden_helpers import GOLDEN_FIXTURES, golden_case, golden_dir
 
 CASES = [(name, case) for name in GOLDEN_FIXTURES
          for case in ("image", "video", "incontext_train_layout")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import golden_case, golden_dir
+from golden_helpers import golden_case, golden_dir
 from otter_jax import convert
 from otter_jax.models import Policy
 from otter_jax.models.trainable import trainable_filter

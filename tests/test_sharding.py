@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from conftest import golden_case, golden_dir
+from golden_helpers import golden_case, golden_dir
 from otter_jax import convert
 from otter_jax import sharding as S
 from otter_jax.models import Otter, Policy

@@ -111,7 +111,7 @@ def _photo(name: str) -> Image.Image:
 def demo_images(max_side: int = 320) -> dict[str, bytes]:
     """Encoded JPEG bytes by image id: the photos plus two frame sequences (a zoom and a pan)."""
     out = {k: _jpeg(_photo(v), max_side) for k, v in PHOTOS.items()}
-    rocket = _photo("rocket.jpg").convert("RGB")  # 427x640 landscape; rocket near the centre
+    rocket = _photo("rocket.jpg").convert("RGB")  # landscape; the rocket stands near the centre
     w, h = rocket.size
     for i in range(8):  # zoom: crop shrinks from the full frame to 40% around the rocket
         s = 1.0 - 0.6 * i / 7

@@ -1,8 +1,8 @@
 """Grain pipeline from a store to fixed-shape host batches, and their global-array form for a mesh.
 
 Batch (per host): vision_x [B, T, F, 3, S, S] uint8 (or float32 if asked), input_ids / attention_mask / labels
-[B, L] int32 (labels -100 = ignored), media_mask [B, T] bool, plus `_skipped` [len(REASONS)] int32 and `_epoch`
-int32 bookkeeping (drop them with `split_meta`). As upstream, each batch comes from ONE group, chosen by a
+[B, L] int32 (labels -100 = ignored), media_mask [B, T] bool, plus `_skipped` [len(REASONS)] int32, `_skip_examples`
+{reason: message} and `_epoch` int32 bookkeeping (drop them with `split_meta`). As upstream, each batch comes from ONE group, chosen by a
 deterministic weighted interleave (default weights = group sizes); shapes per group: image groups
 T = max_media, F = 1; VIDEO_TEXT T = 1, F = num_frames; TEXT_ONLY T = 1, F = 1 with media_mask False.
 Skipped records (lenient mode) travel inside the batch that was being filled when they were met, so counts survive
@@ -77,7 +77,7 @@ class MakeExample(grain.transforms.Map):
         except BadRecord as e:
             if self.cfg.strict:
                 raise
-            return {"_skip": np.int32(REASONS.index(e.reason)), "_epoch": np.int32(epoch)}
+            return {"_skip": np.int32(REASONS.index(e.reason)), "_skip_msg": str(e), "_epoch": np.int32(epoch)}
 
     def _example(self, index: int) -> dict[str, np.ndarray]:
         cfg, ins = self.cfg, self.store.instructions
@@ -116,16 +116,17 @@ class _SkipCountingBatchIterator(grain.DatasetIterator):
         self._batch_size = batch_size
 
     def __next__(self):
-        rows, skipped, epoch = [], np.zeros(len(REASONS), np.int32), 0
+        rows, skipped, epoch, messages = [], np.zeros(len(REASONS), np.int32), 0, {}
         while len(rows) < self._batch_size:
             x = next(self._parent)  # StopIteration ends the stream; a partial batch is dropped (fixed shapes)
             epoch = max(epoch, int(x["_epoch"]))
             if "_skip" in x:
                 skipped[int(x["_skip"])] += 1
+                messages.setdefault(REASONS[int(x["_skip"])], x["_skip_msg"])
             else:
                 rows.append(x)
         batch = {k: np.stack([r[k] for r in rows]) for k in MODEL_KEYS}
-        return batch | {"_skipped": skipped, "_epoch": np.int32(epoch)}
+        return batch | {"_skipped": skipped, "_skip_examples": messages, "_epoch": np.int32(epoch)}
 
     def get_state(self):
         return self._parent.get_state()  # no state of its own between batches
@@ -232,11 +233,13 @@ class LoaderIterator(grain.DatasetIterator):
             raise
         counts = batch["_skipped"]
         self.skips.merge({REASONS[i]: int(c) for i, c in enumerate(counts) if c})
+        for reason, message in batch["_skip_examples"].items():
+            self.skips.examples.setdefault(reason, message)
         if int(batch["_epoch"]) > self.epoch:
             self.epoch = int(batch["_epoch"])
             log.info("data epoch %d reached: %s", self.epoch, self.skips.report())
         if self.sharding is not None:
-            return to_global(batch, self.sharding) | {"_skipped": counts, "_epoch": batch["_epoch"]}
+            return to_global(batch, self.sharding) | {k: batch[k] for k in batch if k not in MODEL_KEYS}
         return batch
 
     def metrics(self) -> dict[str, int]:
@@ -244,12 +247,14 @@ class LoaderIterator(grain.DatasetIterator):
         return {f"data/skipped_{k}": v for k, v in self.skips.counts.items()} | {"data/epoch": self.epoch}
 
     def get_state(self) -> dict[str, Any]:
-        return {"pipeline": self._parent.get_state(), "skipped": dict(self.skips.counts), "epoch": self.epoch}
+        return {"pipeline": self._parent.get_state(), "skipped": dict(self.skips.counts),
+                "skip_examples": dict(self.skips.examples), "epoch": self.epoch}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._parent.set_state(state["pipeline"])
         self.skips.counts.clear()
         self.skips.merge(state["skipped"])
+        self.skips.examples = dict(state["skip_examples"])
         self.epoch = int(state["epoch"])
 
     def close(self):

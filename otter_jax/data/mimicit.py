@@ -189,7 +189,7 @@ def iter_images_json(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> Ite
             return
 
 
-def parquet_id_column(pf) -> str:
+def parquet_id_column(pf, path: str = "?") -> str:
     """Upstream writes a pandas DataFrame indexed by image id: find that index column."""
     names = pf.schema_arrow.names
     meta = pf.schema_arrow.pandas_metadata or {}
@@ -199,7 +199,7 @@ def parquet_id_column(pf) -> str:
     for col in ("id", "image_id", "ids"):
         if col in names:
             return col
-    raise ValueError(f"{pf.metadata} parquet has no image-id index column (columns: {names})")
+    raise ValueError(f"{path}: parquet has no image-id index column (columns: {names})")
 
 
 def iter_images_parquet(path: str | os.PathLike, batch_size: int = 256) -> Iterator[tuple[str, bytes]]:
@@ -209,7 +209,7 @@ def iter_images_parquet(path: str | os.PathLike, batch_size: int = 256) -> Itera
     pf = pq.ParquetFile(path)
     if "base64" not in pf.schema_arrow.names:
         raise ValueError(f"{path}: parquet has no 'base64' column (columns: {pf.schema_arrow.names})")
-    id_col = parquet_id_column(pf)
+    id_col = parquet_id_column(pf, str(path))
     for batch in pf.iter_batches(batch_size=batch_size, columns=[id_col, "base64"]):
         ids, values = batch.column(0).to_pylist(), batch.column(1).to_pylist()
         for image_id, value in zip(ids, values):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -68,13 +69,15 @@ def _builder_class(kind: str):
 
 
 _BUILDERS: dict[str, type] = {}
+_LOCK = threading.RLock()  # grain read threads open the store lazily and concurrently
 
 
 def builder(kind: str, data_dir: str | os.PathLike, generate=None):
     """The TFDS builder of `kind` ('images' or 'instructions') in `data_dir` (= STORE/tfds)."""
-    if kind not in _BUILDERS:
-        _BUILDERS[kind] = _builder_class(kind)
-    return _BUILDERS[kind](generate=generate, data_dir=str(data_dir))
+    with _LOCK:
+        if kind not in _BUILDERS:
+            _BUILDERS[kind] = _builder_class(kind)
+        return _BUILDERS[kind](generate=generate, data_dir=str(data_dir))
 
 
 def write_id_index(path: Path, ids: list[str]) -> None:
@@ -118,6 +121,13 @@ class Store:
         return {"path": self.path, "manifest": self.manifest, "_open": {}}
 
     def _get(self, name: str):
+        opened = self._open.get(name)
+        if opened is not None:
+            return opened
+        with _LOCK:  # first access, possibly from several grain threads at once
+            return self._load(name)
+
+    def _load(self, name: str):
         if name not in self._open:
             if name in ("images", "instructions"):
                 self._open[name] = builder(name, self.path / "tfds").as_data_source("train")

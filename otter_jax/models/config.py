@@ -33,6 +33,9 @@ class VisionConfig:
     num_channels: int = 3
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
+    # CLIP's image-embedding projection [hidden_size, proj_dim] (open_clip `proj`, HF `visual_projection`): kept so
+    # OpenFlamingo / CLIP weights round-trip; Otter's forward never uses it. None = no projection (HF CLIPVisionModel).
+    proj_dim: int | None = None
 
     @property
     def num_patches(self) -> int:
@@ -90,7 +93,7 @@ class SpecialTokens:
 
     media: int  # <image>
     endofchunk: int  # <|endofchunk|>
-    answer: int  # <answer>
+    answer: int | None = None  # <answer> (Otter's tokenizers; OpenFlamingo's have none)
     pad: int | None = None
     bos: int | None = None
     eos: int | None = None

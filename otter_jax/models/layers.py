@@ -7,7 +7,7 @@ mesh). Attention logits and softmax are always computed in float32: the cross-at
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +88,24 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, mask: jax.
     return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, lq, h, d)
 
 
+class KVCache(NamedTuple):
+    """One decoder layer's cached keys and values, [B, S, KV, D] each (S = prompt + new tokens)."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+def update_cache(cache: KVCache | None, k: jax.Array, v: jax.Array, index: jax.Array | None
+                 ) -> tuple[jax.Array, jax.Array, KVCache | None]:
+    """Write the new keys/values at slot `index`; return the keys/values to attend over and the new cache.
+    Without a cache, attend over the new keys/values only (the plain forward pass)."""
+    if cache is None:
+        return k, v, None
+    k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), index, axis=1)
+    v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), index, axis=1)
+    return k_all, v_all, KVCache(k_all, v_all)
+
+
 class FeedForward(nnx.Module):
     """Flamingo feed-forward: LayerNorm -> Linear (no bias) -> exact GELU -> Linear (no bias).
 
@@ -122,15 +140,20 @@ def remat_policy(name: str) -> Callable | None:
         raise ValueError(f"unknown remat policy {name!r}; use 'none', 'full' or a jax.checkpoint_policies name")
 
 
-def scan(stacked: nnx.Module, carry: Any, body: Callable[[nnx.Module, Any], tuple[Any, Any]],
-         remat: str = "none") -> tuple[Any, Any]:
-    """Run `body(layer, carry) -> (carry, y)` over the stacked layers; compile time does not grow with depth."""
-
-    def step(c, layer):
-        return body(layer, c)
+def scan(stacked: nnx.Module, carry: Any, body: Callable[..., tuple[Any, Any]], remat: str = "none",
+         xs: Any = None) -> tuple[Any, Any]:
+    """Run `body(layer, carry[, x]) -> (carry, y)` over the stacked layers (and the leading axis of `xs`, e.g.
+    per-layer caches); compile time does not grow with depth."""
+    if xs is None:
+        def step(c, layer):
+            return body(layer, c)
+    else:
+        def step(c, layer, x):
+            return body(layer, c, x)
 
     if remat != "none":
         step = nnx.remat(step, policy=remat_policy(remat), prevent_cse=False)
-    scanned = nnx.scan(step, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0),
+    in_axes = (nnx.Carry, 0) if xs is None else (nnx.Carry, 0, 0)
+    scanned = nnx.scan(step, in_axes=in_axes, out_axes=(nnx.Carry, 0),
                        transform_metadata={nnx.PARTITION_NAME: "layers"})
-    return scanned(carry, stacked)
+    return scanned(carry, stacked) if xs is None else scanned(carry, stacked, xs)

@@ -14,9 +14,10 @@ from otter_jax.models.config import LlamaConfig, Policy
 class AttentionContext(NamedTuple):
     """Per-forward inputs every layer shares; computed once outside the layer scan."""
 
-    mask: jax.Array  # bool [B, Lq, Lk], True = may attend
-    cos: jax.Array  # [B, Lq, dim_head]
+    mask: jax.Array  # bool [B, Lq, Lk], True = may attend (Lk = cache length when decoding with a cache)
+    cos: jax.Array  # [B, Lq, dim_head], at the queries' positions
     sin: jax.Array
+    cache_index: jax.Array | None = None  # where the queries' keys/values are written into the cache
 
 
 def rope_tables(positions: jax.Array, dim_head: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -34,9 +35,17 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
-def attention_context(cfg: LlamaConfig, mask: jax.Array, positions: jax.Array) -> AttentionContext:
+def attention_context(cfg: LlamaConfig, mask: jax.Array, positions: jax.Array,
+                      cache_index: jax.Array | None = None) -> AttentionContext:
+    """`positions` are the queries' RoPE positions (keys are rotated before they are cached)."""
     cos, sin = rope_tables(positions, cfg.dim_head, cfg.rope_theta)
-    return AttentionContext(mask, cos, sin)
+    return AttentionContext(mask, cos, sin, cache_index)
+
+
+def generation_positions(attention_mask: jax.Array) -> jax.Array:
+    """HF's positions for (left-)padded prompts: count of real tokens before each one; pads get 1."""
+    pos = jnp.cumsum(attention_mask, axis=-1) - 1
+    return jnp.where(attention_mask == 0, 1, pos)
 
 
 class LlamaAttention(nnx.Module):
@@ -48,13 +57,14 @@ class LlamaAttention(nnx.Module):
         self.v_proj = L.dense(d, kv * dh, ("embed", "kv_heads"), policy, rngs)
         self.o_proj = L.dense(h * dh, d, ("heads", "embed"), policy, rngs)
 
-    def __call__(self, x: jax.Array, ctx: AttentionContext) -> jax.Array:
+    def __call__(self, x: jax.Array, ctx: AttentionContext, kv: L.KVCache | None = None):
         b, l, _ = x.shape
         q = apply_rope(self.q_proj(x).reshape(b, l, self.heads, self.dim_head), ctx.cos, ctx.sin)
         k = apply_rope(self.k_proj(x).reshape(b, l, self.kv_heads, self.dim_head), ctx.cos, ctx.sin)
         v = self.v_proj(x).reshape(b, l, self.kv_heads, self.dim_head)
+        k, v, kv = L.update_cache(kv, k, v, ctx.cache_index)
         out = L.attend(q, k, v, scale=self.dim_head ** -0.5, mask=ctx.mask)
-        return self.o_proj(out.reshape(b, l, -1))
+        return self.o_proj(out.reshape(b, l, -1)), kv
 
 
 class LlamaMLP(nnx.Module):
@@ -75,9 +85,10 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = L.rms_norm(cfg.hidden_size, cfg.rms_norm_eps, policy, rngs)
         self.mlp = LlamaMLP(cfg, policy, rngs)
 
-    def __call__(self, x: jax.Array, ctx: AttentionContext) -> jax.Array:
-        x = x + self.self_attn(self.input_layernorm(x), ctx)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def __call__(self, x: jax.Array, ctx: AttentionContext, kv: L.KVCache | None = None):
+        h, kv = self.self_attn(self.input_layernorm(x), ctx, kv)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
 def final_norm(cfg: LlamaConfig, policy: Policy, rngs: nnx.Rngs) -> nnx.Module:

@@ -16,6 +16,7 @@ from otter_jax.models.config import MptConfig, Policy
 class AttentionContext(NamedTuple):
     mask: jax.Array  # bool [B, Lq, Lk]
     bias: jax.Array  # float32 [B, H, Lq, Lk], ALiBi
+    cache_index: jax.Array | None = None
 
 
 def alibi_slopes(n_heads: int, bias_max: int = 8) -> np.ndarray:
@@ -28,14 +29,20 @@ def alibi_slopes(n_heads: int, bias_max: int = 8) -> np.ndarray:
     return slopes.astype(np.float32)
 
 
-def attention_context(cfg: MptConfig, mask: jax.Array, positions: jax.Array, key_positions: jax.Array | None = None
-                      ) -> AttentionContext:
+def attention_context(cfg: MptConfig, mask: jax.Array, positions: jax.Array,
+                      cache_index: jax.Array | None = None) -> AttentionContext:
     """ALiBi as slope * (key_pos - query_pos): MPT's `slope * (j - (L-1))` shifted per query row, which the softmax
-    ignores, and the form that still holds when keys come from a cache."""
-    key_positions = positions if key_positions is None else key_positions
+    ignores, and the form that still holds when keys come from a cache. Positions are sequence slots (padding
+    included, as MPT counts them); with a cache the keys are the cache slots 0..Lk-1."""
+    key_positions = positions if cache_index is None else jnp.arange(mask.shape[-1], dtype=positions.dtype)[None]
     rel = (key_positions[:, None, :] - positions[:, :, None]).astype(jnp.float32)
     slopes = jnp.asarray(alibi_slopes(cfg.n_heads, cfg.alibi_bias_max))
-    return AttentionContext(mask, slopes[None, :, None, None] * rel[:, None])
+    return AttentionContext(mask, slopes[None, :, None, None] * rel[:, None], cache_index)
+
+
+def generation_positions(attention_mask: jax.Array) -> jax.Array:
+    """ALiBi distances count every slot, padding included."""
+    return jnp.broadcast_to(jnp.arange(attention_mask.shape[-1], dtype=jnp.int32), attention_mask.shape)
 
 
 class MptAttention(nnx.Module):
@@ -45,12 +52,13 @@ class MptAttention(nnx.Module):
         self.Wqkv = L.dense(d, (3, d), ("embed", None, "heads"), policy, rngs)
         self.out_proj = L.dense(d, d, ("heads", "embed"), policy, rngs)
 
-    def __call__(self, x: jax.Array, ctx: AttentionContext) -> jax.Array:
+    def __call__(self, x: jax.Array, ctx: AttentionContext, kv: L.KVCache | None = None):
         b, l, d = x.shape
         qkv = self.Wqkv(x)  # [B, L, 3, d]
         q, k, v = (qkv[:, :, i].reshape(b, l, self.heads, self.dim_head) for i in range(3))
+        k, v, kv = L.update_cache(kv, k, v, ctx.cache_index)
         out = L.attend(q, k, v, scale=self.dim_head ** -0.5, mask=ctx.mask, bias=ctx.bias)
-        return self.out_proj(out.reshape(b, l, d))
+        return self.out_proj(out.reshape(b, l, d)), kv
 
 
 class MptMLP(nnx.Module):
@@ -70,9 +78,10 @@ class DecoderLayer(nnx.Module):
         self.norm_2 = L.layer_norm(cfg.d_model, cfg.layer_norm_eps, policy, rngs, use_bias=False)
         self.ffn = MptMLP(cfg, policy, rngs)
 
-    def __call__(self, x: jax.Array, ctx: AttentionContext) -> jax.Array:
-        x = x + self.attn(self.norm_1(x), ctx)
-        return x + self.ffn(self.norm_2(x))
+    def __call__(self, x: jax.Array, ctx: AttentionContext, kv: L.KVCache | None = None):
+        h, kv = self.attn(self.norm_1(x), ctx, kv)
+        x = x + h
+        return x + self.ffn(self.norm_2(x)), kv
 
 
 def final_norm(cfg: MptConfig, policy: Policy, rngs: nnx.Rngs) -> nnx.Module:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,20 +48,29 @@ def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.sum(ce * valid) / jnp.maximum(jnp.sum(valid), 1)
 
 
+class DecodeCache(NamedTuple):
+    """Keys/values of every decoder layer: `groups[j]` holds layer j of every group ([G, B, S, KV, D] arrays),
+    `tail[t]` the t-th layer after the groups ([B, S, KV, D])."""
+
+    groups: tuple[L.KVCache, ...]
+    tail: tuple[L.KVCache, ...]
+
+
 class DecoderGroup(nnx.Module):
     def __init__(self, cfg: OtterConfig, arch: ModuleType, policy: Policy, rngs: nnx.Rngs):
         self.layers = nnx.List([arch.DecoderLayer(cfg.text, policy, rngs) for _ in range(cfg.cross_attn_every_n_layers)])
         self.gated_cross_attn = GatedCrossAttentionBlock(cfg, policy, rngs)
 
-    def __call__(self, x, media, text_time, ctx, collect: bool):
-        inputs, xattn_out = [], None
+    def __call__(self, x, media, text_time, ctx, collect: bool, kv: tuple[L.KVCache, ...] | None = None):
+        inputs, xattn_out, new_kv = [], None, []
         for j, layer in enumerate(self.layers):
             if collect:
                 inputs.append(x)
             if j == len(self.layers) - 1:
                 x = xattn_out = self.gated_cross_attn(x, media, text_time)
-            x = layer(x, ctx)
-        return x, ((jnp.stack(inputs), xattn_out) if collect else None)
+            x, layer_kv = layer(x, ctx, None if kv is None else kv[j])
+            new_kv.append(layer_kv)
+        return x, ((jnp.stack(inputs), xattn_out) if collect else None, None if kv is None else tuple(new_kv))
 
 
 class Otter(nnx.Module):
@@ -92,24 +101,53 @@ class Otter(nnx.Module):
         return hidden, self.perceiver(patches)
 
     def decode(self, input_ids: jax.Array, media: jax.Array, mask: jax.Array, positions: jax.Array,
-               text_time: jax.Array, collect: bool = False) -> tuple[jax.Array, Any]:
-        """Run the language model on token ids with the given media latents; returns (logits, intermediates)."""
+               text_time: jax.Array, collect: bool = False, cache: DecodeCache | None = None,
+               cache_index: jax.Array | None = None) -> tuple[jax.Array, Any, DecodeCache | None]:
+        """Run the language model on token ids with the given media latents.
+
+        mask: bool [B, Lq, Lk] (Lk = cache length with a cache); positions: [B, Lq] (RoPE positions for LLaMA,
+        sequence slots for MPT); with `cache`, the new keys/values are written at slot `cache_index`.
+        Returns (float32 logits, intermediates or None, updated cache or None)."""
         arch = ARCHITECTURES[self.cfg.text_model_type]
-        ctx = arch.attention_context(self.cfg.text, mask, positions)
+        ctx = arch.attention_context(self.cfg.text, mask, positions, cache_index)
         x = self.embed_tokens(input_ids)
-        x, ys = L.scan(self.groups, x, lambda g, h: g(h, media, text_time, ctx, collect), self.policy.remat)
-        tail_inputs = []
-        for layer in self.tail:
+        if cache is None:
+            x, ys = L.scan(self.groups, x, lambda g, h: g(h, media, text_time, ctx, collect), self.policy.remat)
+        else:
+            x, ys = L.scan(self.groups, x, lambda g, h, kv: g(h, media, text_time, ctx, collect, kv),
+                           self.policy.remat, xs=cache.groups)
+        collected, group_kv = ys
+        tail_inputs, tail_kv = [], []
+        for t, layer in enumerate(self.tail):
             tail_inputs.append(x)
-            x = layer(x, ctx)
+            x, kv = layer(x, ctx, None if cache is None else cache.tail[t])
+            tail_kv.append(kv)
+        new_cache = None if cache is None else DecodeCache(group_kv, tuple(tail_kv))
         x = self.norm(x)
         logits = (self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)).astype(jnp.float32)
         if not collect:
-            return logits, None
-        group_inputs, xattn_out = ys  # [G, n, B, L, d], [G, B, L, d]
+            return logits, None, new_cache
+        group_inputs, xattn_out = collected  # [G, n, B, L, d], [G, B, L, d]
         hidden = [group_inputs.reshape((-1,) + group_inputs.shape[2:])]
         hidden += [h[None] for h in tail_inputs] + [x[None]]
-        return logits, (jnp.concatenate(hidden, axis=0), xattn_out)
+        return logits, (jnp.concatenate(hidden, axis=0), xattn_out), new_cache
+
+    def init_cache(self, batch: int, length: int, dtype: Any = None) -> DecodeCache:
+        """An empty (zero) cache for `batch` rows of up to `length` tokens."""
+        text = self.cfg.text
+        kv_heads = text.num_key_value_heads if self.cfg.text_model_type == "llama" else text.n_heads
+        dtype = jnp.dtype(dtype or self.policy.dtype)
+
+        def kv(*lead):
+            shape = lead + (batch, length, kv_heads, text.dim_head)
+            return L.KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+        n, g = self.cfg.cross_attn_every_n_layers, self.cfg.num_groups
+        return DecodeCache(tuple(kv(g) for _ in range(n)), tuple(kv() for _ in range(self.cfg.num_tail_layers)))
+
+    def generation_positions(self, attention_mask: jax.Array) -> jax.Array:
+        """Query positions for (left-)padded prompts, as the reference's `generate` derives them."""
+        return ARCHITECTURES[self.cfg.text_model_type].generation_positions(attention_mask)
 
     # ------------------------------------------------------------------------------------------------ forward
     def __call__(self, vision_x, input_ids, attention_mask=None, labels=None, *, text_time=None,
@@ -124,7 +162,7 @@ class Otter(nnx.Module):
         vis_hidden, media = self.encode_vision(vision_x)
         mask = jnp.tril(jnp.ones((l, l), bool))[None] & attention_mask[:, None, :]
         positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-        logits, inter = self.decode(input_ids, media, mask, positions, text_time, collect=output_intermediates)
+        logits, inter, _ = self.decode(input_ids, media, mask, positions, text_time, collect=output_intermediates)
         loss = None if labels is None else causal_lm_loss(logits, jnp.asarray(labels, jnp.int32))
         if not output_intermediates:
             return OtterOutput(logits=logits, loss=loss, text_time=text_time)

@@ -1,7 +1,8 @@
 """CLIP ViT vision encoder (HF `CLIPVisionModel` computation), layers stacked and scanned.
 
 Output is the last hidden state *before* `post_layernorm`, CLS included (Otter drops it): that is what Otter feeds
-the perceiver. `post_layernorm` is kept as a parameter so checkpoints round-trip, but it is never applied.
+the perceiver. `post_layernorm` (and the optional `visual_projection`, CLIP's pooled-embedding head) are kept as parameters so
+checkpoints round-trip, but they are never applied.
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ class CLIPVisionEncoder(nnx.Module):
         self.pre_layrnorm = L.layer_norm(d, cfg.layer_norm_eps, policy, rngs)
         self.layers = L.create_stacked(lambda r: CLIPLayer(cfg, policy, r), cfg.num_hidden_layers, rngs)
         self.post_layernorm = L.layer_norm(d, cfg.layer_norm_eps, policy, rngs)
+        self.visual_projection = (L.dense(d, cfg.proj_dim, ("embed", None), policy, rngs) if cfg.proj_dim else None)
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
         """pixels [N, C, H, W] (normalised) -> last hidden state [N, 1 + num_patches, D] (CLS first)."""
