@@ -12,8 +12,12 @@ import sys
 # command name -> (module path, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("otter_jax.convert.cli", "convert Otter checkpoints between PyTorch (HF layout) and our orbax format"),
+    "init": ("otter_jax.convert.init_builder", "build an Otter starting point from CLIP + a base LLaMA/MPT (+ OpenFlamingo)"),
     "forward": ("otter_jax.forward", "run a checkpoint on inputs from an .npz and compare with reference outputs"),
+    "generate": ("otter_jax.generate.cli", "answer questions about images or videos (single request or a JSONL)"),
     "data": ("otter_jax.data.cli", "ingest MIMIC-IT files into the episode store and inspect it"),
+    "train": ("otter_jax.train.cli", "train (or resume) Otter from a configs/*.py experiment file"),
+    "plan": ("otter_jax.train.plan", "parameter, optimizer and per-device memory of a config on a mesh, no allocation"),
 }
 
 
