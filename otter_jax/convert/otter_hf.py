@@ -9,13 +9,13 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Mapping
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 from flax import nnx
 
 from otter_jax import sharding as S
-from otter_jax.convert.keymaps import IGNORED_TORCH_SUFFIXES, Rule, otter_rules
+from otter_jax.convert.keymaps import IGNORED_TORCH_SUFFIXES, Rule, RowPart, otter_rules
 from otter_jax.convert.torch_io import CheckpointError, TensorSource, atomic_dir_write, save_safetensors
 from otter_jax.models.config import ConfigError, OtterConfig, Policy
 from otter_jax.models.otter import Otter
@@ -51,17 +51,21 @@ def _slice_shape(rule: Rule, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape[1:] if rule.indices is not None else shape
 
 
-def expected_torch_shapes(cfg: OtterConfig, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+def expected_torch_shapes(cfg: OtterConfig, shapes: Mapping[str, tuple[int, ...]],
+                          rules: Sequence[Rule] | None = None) -> dict[str, tuple[int, ...]]:
     out = {}
-    for rule in otter_rules(cfg):
+    for rule in otter_rules(cfg) if rules is None else rules:
         their = rule.transform.their_shape(_slice_shape(rule, shapes[rule.ours]))
         out.update({k: their for k in rule.torch_keys()})
     return out
 
 
-def check_keys(source_name: str, found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]):
-    """Raise one CheckpointError listing every missing, unexpected and mis-shaped key."""
-    missing = [k for k in expected if k not in found]
+def check_keys(source_name: str, found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]],
+               optional: Collection[str] = ()):
+    """Raise one CheckpointError listing every missing, unexpected and mis-shaped key (`optional` keys may be
+    absent, e.g. those another file provides)."""
+    optional = set(optional)
+    missing = [k for k in expected if k not in found and k not in optional]
     unexpected = [k for k in found if k not in expected and not k.endswith(IGNORED_TORCH_SUFFIXES)]
     misshaped = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
     if not (missing or unexpected or misshaped):
@@ -75,27 +79,39 @@ def check_keys(source_name: str, found: Mapping[str, tuple[int, ...]], expected:
 
 
 def torch_to_arrays(tensors: Mapping[str, np.ndarray], cfg: OtterConfig,
-                    shapes: Mapping[str, tuple[int, ...]], source_name: str = "checkpoint") -> dict[str, np.ndarray]:
-    """Torch state dict (original key names) -> our arrays keyed by dotted parameter path, after a strict check."""
-    found = {k: (tensors.shape(k) if isinstance(tensors, TensorSource) else tuple(np.shape(tensors[k])))
+                    shapes: Mapping[str, tuple[int, ...]], source_name: str = "checkpoint",
+                    rules: Sequence[Rule] | None = None) -> dict[str, np.ndarray]:
+    """Torch state dict (original key names) -> our arrays keyed by dotted parameter path, after a strict check.
+    `rules` defaults to the Otter HF layout."""
+    rules = otter_rules(cfg) if rules is None else rules
+    found = {k: (tensors.shape(k) if callable(getattr(tensors, "shape", None)) else tuple(np.shape(tensors[k])))
              for k in tensors}
-    check_keys(source_name, found, expected_torch_shapes(cfg, shapes))
+    check_keys(source_name, found, expected_torch_shapes(cfg, shapes, rules))
     out = {}
-    for rule in otter_rules(cfg):
+    for rule in rules:
         parts = [rule.transform.to_ours(np.asarray(tensors[k])) for k in rule.torch_keys()]
         out[rule.ours] = parts[0] if rule.indices is None else np.stack(parts)
     return out
 
 
-def arrays_to_torch(arrays: Mapping[str, np.ndarray], cfg: OtterConfig) -> dict[str, np.ndarray]:
-    """Our arrays -> torch state dict with the original key names, in the reference's key order where it matters
-    nothing (safetensors sorts keys itself)."""
-    out = {}
-    for rule in otter_rules(cfg):
+def arrays_to_torch(arrays: Mapping[str, np.ndarray], cfg: OtterConfig,
+                    rules: Sequence[Rule] | None = None) -> dict[str, np.ndarray]:
+    """Our arrays -> torch state dict with the original key names (default: Otter HF layout). Row blocks of a
+    fused tensor (`RowPart`, e.g. open_clip's in_proj from our q/k/v) are concatenated in block order."""
+    out: dict[str, np.ndarray | None] = {}
+    blocks: dict[str, dict[int, np.ndarray]] = {}
+    for rule in otter_rules(cfg) if rules is None else rules:
         a = np.asarray(arrays[rule.ours])
         slices = [a] if rule.indices is None else list(a)
         for key, part in zip(rule.torch_keys(), slices):
-            out[key] = np.ascontiguousarray(rule.transform.to_theirs(part))
+            t = rule.transform.to_theirs(part)
+            if isinstance(rule.transform, RowPart):
+                blocks.setdefault(key, {})[rule.transform.part] = t
+                out.setdefault(key, None)
+            else:
+                out[key] = np.ascontiguousarray(t)
+    for key, parts in blocks.items():
+        out[key] = np.ascontiguousarray(np.concatenate([parts[i] for i in sorted(parts)], axis=0))
     return out
 
 

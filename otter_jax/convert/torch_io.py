@@ -103,8 +103,10 @@ def _list_tensors(f: str, bin_cache: dict) -> dict[str, tuple[int, ...]]:
         sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         raise CheckpointError(f"{f}: cannot read PyTorch checkpoint ({e})") from e
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
+    for wrapper in ("state_dict", "model_state_dict"):  # Lightning-style / OpenFlamingo training checkpoints
+        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
+            sd = sd[wrapper]
+            break
     bin_cache[f] = sd
     return {k: tuple(v.shape) for k, v in sd.items() if hasattr(v, "shape")}
 
