@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "forward": ("otter_jax.forward", "run a checkpoint on inputs from an .npz and compare with reference outputs"),
     "generate": ("otter_jax.generate.cli", "answer questions about images or videos (single request or a JSONL)"),
     "data": ("otter_jax.data.cli", "ingest MIMIC-IT files into the episode store and inspect it"),
+    "eval": ("otter_jax.evaluate.cli", "run benchmark evaluations from a configs/eval/*.py file"),
     "train": ("otter_jax.train.cli", "train (or resume) Otter from a configs/*.py experiment file"),
     "plan": ("otter_jax.train.plan", "parameter, optimizer and per-device memory of a config on a mesh, no allocation"),
 }

@@ -1,0 +1,61 @@
+"""`otter-jax eval --config configs/eval/X.py[:ARG] [--config.key=value ...]`: run a configured evaluation, write
+results.json + report.md into config.output_dir, and print the report. `--write-tiny-sets DIR` only writes the
+bundled tiny evaluation sets."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="eval config file, e.g. configs/eval/demo.py:runs/demo/ckpt; then "
+                                    "--config.KEY=VALUE overrides (absl style)")
+    p.add_argument("--write-tiny-sets", metavar="DIR", help="write the tiny evaluation sets into DIR and exit")
+    parse_known = p.parse_known_args
+
+    def parse_args(args=None, namespace=None):
+        # argparse cannot declare options with arbitrary dotted names: collect --config.a.b[=| ]v ourselves
+        ns, rest = parse_known(args, namespace)
+        ns.overrides, i = [], 0
+        while i < len(rest):
+            if not rest[i].startswith("--config."):
+                p.error(f"unrecognized argument {rest[i]!r} (overrides look like --config.batch_size=16)")
+            if "=" not in rest[i] and i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+                ns.overrides.append(f"{rest[i]}={rest[i + 1]}")
+                i += 2
+            else:
+                ns.overrides.append(rest[i])
+                i += 1
+        return ns
+
+    p.parse_args = parse_args
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.write_tiny_sets:
+        from otter_jax.evaluate.tiny_sets import write_tiny_sets
+        print(f"wrote {write_tiny_sets(args.write_tiny_sets)}")
+        return 0
+    if not args.config:
+        print("otter-jax eval: --config is required (or --write-tiny-sets DIR)", file=sys.stderr)
+        return 2
+    from otter_jax.evaluate import config as C
+
+    try:
+        c = C.load(args.config, args.overrides)
+    except (C.EvalConfigError, FileNotFoundError) as e:
+        print(f"otter-jax eval: {e}", file=sys.stderr)
+        return 2
+    return evaluate_config(c, args.config)
+
+
+def evaluate_config(c, source: str = "") -> int:
+    from otter_jax.evaluate import report, tiny_sets
+    from otter_jax.evaluate.runner import Evaluation
+
+    if c.write_tiny_sets:
+        tiny_sets.ensure(c.data_root)
+    results = Evaluation(c).run(source)
+    print(report.markdown(results))
+    print(f"results: {c.output_dir}/results.json, report: {c.output_dir}/report.md")
+    return 0

@@ -1,0 +1,1 @@
+"""Readers for the public benchmark file formats, each returning `TaskData` (see example.py)."""
