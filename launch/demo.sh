@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: install, convert a golden Otter checkpoint produced by the original PyTorch code
-# into an otter-jax checkpoint, run it, and compare its logits with the original's.
+# The main job on a fresh machine: install, write the bundled demo data and build its store, train the tiny Otter
+# (configs/demo.py) on CPU for a few minutes, evaluate it on the tiny bundled evaluation sets, and print where the
+# checkpoints, the model, the TensorBoard logs and the evaluation report are.
+# Extra arguments go to `otter-jax train` (e.g. --config.train.steps=100). Re-running resumes / starts over with
+# FRESH=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-GOLDEN=${GOLDEN:-../shared/golden/otter_llama_tiny}
 OUT=${OUT:-runs/demo}
 bash scripts/install.sh
-rm -rf "$OUT/ckpt"
+[ "${FRESH:-0}" = 1 ] && rm -rf "$OUT"
 mkdir -p "$OUT"
-.venv/bin/otter-jax convert --from-torch "$GOLDEN" --out "$OUT/ckpt"
-.venv/bin/otter-jax forward --checkpoint "$OUT/ckpt" --inputs "$GOLDEN/inputs_image.npz" \
-    --compare "$GOLDEN/outputs_image.npz"
-echo "checkpoint: $OUT/ckpt"
+[ -f "$OUT/data/demo.yaml" ] || .venv/bin/otter-jax data demo --out "$OUT/data"
+[ -f "$OUT/store/manifest.json" ] || .venv/bin/otter-jax data build --yaml "$OUT/data/demo.yaml" --out "$OUT/store"
+.venv/bin/otter-jax train --config "configs/demo.py:$OUT" "$@"
+# Evaluate the trained model on the tiny bundled evaluation sets (all task formats) and print the report.
+.venv/bin/otter-jax eval --config "configs/eval/demo.py:$OUT/train/model" --config.output_dir="$OUT/eval"
+echo "checkpoints: $(pwd)/$OUT/train/checkpoints"
+echo "model:       $(pwd)/$OUT/train/model"
+echo "TensorBoard: .venv/bin/tensorboard --logdir $(pwd)/$OUT/train/tensorboard"
+echo "evaluation:  $(pwd)/$OUT/eval/report.md"

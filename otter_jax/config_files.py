@@ -1,8 +1,10 @@
 """Loading `configs/*.py` experiment files (`path.py[:arg]`, each with `get_config(arg)`) outside absl flags."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -25,3 +27,56 @@ def model_config(c: ml_collections.ConfigDict, source: str = "config") -> OtterC
 
 def policy(c: ml_collections.ConfigDict) -> Policy:
     return Policy(**dict(c.get("policy", {})))
+
+
+def accept_overrides(parser: argparse.ArgumentParser) -> None:
+    """Let `parser` collect absl-style `--config.a.b[=v]` arguments into `args.overrides` instead of rejecting them
+    (argparse cannot declare options with arbitrary dotted names)."""
+    parse_known = parser.parse_known_args
+
+    def parse_args(args=None, namespace=None):
+        ns, rest = parse_known(args, namespace)
+        ns.overrides, i = [], 0
+        while i < len(rest):
+            if not rest[i].startswith("--config."):
+                parser.error(f"unrecognized argument {rest[i]!r} (config overrides look like --config.a.b=value)")
+            if "=" not in rest[i] and i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+                ns.overrides.append(f"{rest[i]}={rest[i + 1]}")
+                i += 2
+            else:
+                ns.overrides.append(rest[i])
+                i += 1
+        return ns
+
+    parser.parse_args = parse_args
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str], error: type[Exception] = ValueError
+                    ) -> ml_collections.ConfigDict:
+    """`--config.a.b=v` overrides applied by ml_collections' absl flag parser (values typed like the defaults);
+    a key that does not exist raises `error` naming it and the keys known at that level."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    for arg in overrides:
+        if not arg.startswith("--config."):
+            raise error(f"{arg}: only --config.KEY=VALUE overrides are accepted")
+        _check_key(cfg, arg[len("--config."):].split("=", 1)[0], error)
+    fv = flags.FlagValues()
+    argv = ["otter-jax", *overrides]
+    config_flags.DEFINE_config_dict("config", cfg, flag_values=fv, sys_argv=argv)
+    try:
+        fv(argv)
+    except flags.Error as e:
+        raise error(str(e)) from None
+    return fv.config
+
+
+def _check_key(cfg: ml_collections.ConfigDict, dotted: str, error: type[Exception]) -> None:
+    node: Any = cfg
+    for i, part in enumerate(dotted.split(".")):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            where = "config." + ".".join(dotted.split(".")[:i + 1])
+            known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "-"
+            raise error(f"--config.{dotted}: {where} does not exist (known here: {known})")
+        node = node[part]

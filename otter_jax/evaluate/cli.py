@@ -6,29 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from otter_jax import config_files
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="eval config file, e.g. configs/eval/demo.py:runs/demo/ckpt; then "
                                     "--config.KEY=VALUE overrides (absl style)")
     p.add_argument("--write-tiny-sets", metavar="DIR", help="write the tiny evaluation sets into DIR and exit")
-    parse_known = p.parse_known_args
-
-    def parse_args(args=None, namespace=None):
-        # argparse cannot declare options with arbitrary dotted names: collect --config.a.b[=| ]v ourselves
-        ns, rest = parse_known(args, namespace)
-        ns.overrides, i = [], 0
-        while i < len(rest):
-            if not rest[i].startswith("--config."):
-                p.error(f"unrecognized argument {rest[i]!r} (overrides look like --config.batch_size=16)")
-            if "=" not in rest[i] and i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-                ns.overrides.append(f"{rest[i]}={rest[i + 1]}")
-                i += 2
-            else:
-                ns.overrides.append(rest[i])
-                i += 1
-        return ns
-
-    p.parse_args = parse_args
+    config_files.accept_overrides(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ type, and merging over a schema rejects misspelt keys by name instead of silentl
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import ml_collections
 
@@ -109,32 +109,7 @@ def merge(user: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """`configs/eval/x.py[:arg]` merged over the defaults, then `--config.a.b=v` overrides."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    cfg = merge(config_files.load(spec))
-    for arg in overrides:
-        if not arg.startswith("--config."):
-            raise EvalConfigError(f"{arg}: only --config.KEY=VALUE overrides are accepted")
-        _check_key(cfg, arg[len("--config."):].split("=", 1)[0])
-    fv = flags.FlagValues()
-    argv = ["otter-jax", *overrides]
-    config_flags.DEFINE_config_dict("config", cfg, flag_values=fv, sys_argv=argv)
-    try:
-        fv(argv)
-    except flags.Error as e:
-        raise EvalConfigError(str(e)) from None
-    return validate(fv.config)
-
-
-def _check_key(cfg: ml_collections.ConfigDict, dotted: str) -> None:
-    node: Any = cfg
-    for i, part in enumerate(dotted.split(".")):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            where = "config." + ".".join(dotted.split(".")[:i + 1])
-            known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "-"
-            raise EvalConfigError(f"--config.{dotted}: {where} does not exist (known here: {known})")
-        node = node[part]
+    return validate(config_files.apply_overrides(merge(config_files.load(spec)), overrides, EvalConfigError))
 
 
 PATH_KEYS = ("annotations", "questions", "images", "pid_splits", "train_questions", "train_annotations",

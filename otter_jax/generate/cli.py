@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-repeat-ngram-size", type=int, default=0)
 
 
-def _single_request(args) -> "Request":
+def _single_request(args):
     from otter_jax.generate.requests import Example, Request, frame_files
 
     if not args.prompt:

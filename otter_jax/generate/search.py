@@ -40,7 +40,7 @@ def prefill(model: Otter, media: jax.Array, ids: jax.Array, mask: jax.Array, max
     causal = jnp.arange(s)[None, :] <= jnp.arange(l)[:, None]  # [L, S]
     text_time = jnp.cumsum(ids == model.media_token_id, axis=1, dtype=jnp.int32)
     logits, _, cache = model.decode(ids, media, causal[None] & slot_valid[:, None, :], positions[:, :l], text_time,
-                                    cache=model.init_cache(b, s), cache_index=jnp.int32(0))
+                                    cache=model.init_cache(b, s), cache_index=jnp.int32(0), last_only=True)
     return Prefilled(logits[:, -1], cache, slot_valid, positions, text_time[:, -1])
 
 

@@ -102,11 +102,13 @@ class Otter(nnx.Module):
 
     def decode(self, input_ids: jax.Array, media: jax.Array, mask: jax.Array, positions: jax.Array,
                text_time: jax.Array, collect: bool = False, cache: DecodeCache | None = None,
-               cache_index: jax.Array | None = None) -> tuple[jax.Array, Any, DecodeCache | None]:
+               cache_index: jax.Array | None = None, last_only: bool = False
+               ) -> tuple[jax.Array, Any, DecodeCache | None]:
         """Run the language model on token ids with the given media latents.
 
         mask: bool [B, Lq, Lk] (Lk = cache length with a cache); positions: [B, Lq] (RoPE positions for LLaMA,
-        sequence slots for MPT); with `cache`, the new keys/values are written at slot `cache_index`.
+        sequence slots for MPT); with `cache`, the new keys/values are written at slot `cache_index`;
+        `last_only` computes logits at the last position only (a prefill needs no others).
         Returns (float32 logits, intermediates or None, updated cache or None)."""
         arch = ARCHITECTURES[self.cfg.text_model_type]
         ctx = arch.attention_context(self.cfg.text, mask, positions, cache_index)
@@ -123,7 +125,7 @@ class Otter(nnx.Module):
             x, kv = layer(x, ctx, None if cache is None else cache.tail[t])
             tail_kv.append(kv)
         new_cache = None if cache is None else DecodeCache(group_kv, tuple(tail_kv))
-        x = self.norm(x)
+        x = self.norm(x[:, -1:] if last_only else x)
         logits = (self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)).astype(jnp.float32)
         if not collect:
             return logits, None, new_cache

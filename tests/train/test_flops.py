@@ -1,0 +1,45 @@
+"""The analytic FLOP count behind MFU agrees with XLA's own count of the forward pass (one layer per stack, so
+XLA's count-the-loop-body-once rule is exact), and device peaks are looked up by kind."""
+import dataclasses
+import types
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from otter_jax.models import Otter, Policy, presets
+from otter_jax.models.config import OtterConfig, SpecialTokens
+from otter_jax.train import flops
+
+
+def test_forward_flops_match_xla_cost_analysis():
+    text = {"model_type": "llama", "vocab_size": 512, "hidden_size": 256, "intermediate_size": 512,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    d = presets.otter(text, cross_attn_every_n_layers=2)  # one scanned group
+    d["vision_config"].update(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
+                              image_size=56)
+    d.update(vis_dim=128, perceiver_depth=1, perceiver_num_latents=8)
+    cfg = dataclasses.replace(OtterConfig.from_hf_dict(d), tokens=SpecialTokens(media=509, endofchunk=508, answer=510))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Otter(cfg, Policy(), rngs=nnx.Rngs(0))))
+    B, L, T = 2, 64, 2
+
+    def forward(state, vision_x, ids):
+        return nnx.merge(graphdef, state)(vision_x, ids).logits
+
+    lowered = jax.jit(forward).lower(state, jax.ShapeDtypeStruct((B, T, 1, 3, 56, 56), jnp.float32),
+                                     jax.ShapeDtypeStruct((B, L), jnp.int32))
+    cost = lowered.cost_analysis()
+    xla = (cost if isinstance(cost, dict) else cost[0])["flops"]
+    ours = flops.forward_flops(cfg, B, L, T, 1).total
+    assert 0.95 * xla <= ours <= xla, (ours, xla)  # XLA also counts softmax/norm/activation arithmetic
+    train = flops.train_flops(cfg, B, L, T, 1)
+    f = flops.forward_flops(cfg, B, L, T, 1)
+    assert train == f.vision + 3 * (f.perceiver + f.cross_attention + f.head) + 2 * f.language
+
+
+def test_device_peaks():
+    tpu = types.SimpleNamespace(device_kind="TPU v5 lite", platform="tpu")
+    h100 = types.SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3", platform="gpu")
+    assert flops.device_peak_flops(tpu) == 197e12
+    assert flops.device_peak_flops(h100) == 989e12 and flops.device_peak_flops(h100, "float32") == 989e12 / 2
+    assert flops.device_peak_flops(jax.devices()[0]) is None  # CPU: unknown, so no MFU is claimed
