@@ -53,15 +53,14 @@ def accept_overrides(parser: argparse.ArgumentParser) -> None:
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str], error: type[Exception] = ValueError
                     ) -> ml_collections.ConfigDict:
-    """`--config.a.b=v` overrides applied by ml_collections' absl flag parser (values typed like the defaults);
+    """`--config.a.b=v` (or `--config.a.b v`) overrides applied by ml_collections' absl flag parser (values typed like the defaults);
     a key that does not exist raises `error` naming it and the keys known at that level."""
     from absl import flags
     from ml_collections import config_flags
 
-    for arg in overrides:
-        if not arg.startswith("--config."):
-            raise error(f"{arg}: only --config.KEY=VALUE overrides are accepted")
-        _check_key(cfg, arg[len("--config."):].split("=", 1)[0], error)
+    for arg in overrides:  # absl argv: "--config.a.b=v" or "--config.a.b", "v"
+        if arg.startswith("--config."):
+            _check_key(cfg, arg[len("--config."):].split("=", 1)[0], error)
     fv = flags.FlagValues()
     argv = ["otter-jax", *overrides]
     config_flags.DEFINE_config_dict("config", cfg, flag_values=fv, sys_argv=argv)

@@ -22,6 +22,20 @@ def test_greedy_with_cache_matches_reference_without_cache(golden_model, name):
     assert np.abs(out.scores - ref["scores_use_cache_true"]).max() > 1e-2
 
 
+def test_scanned_decoding_equals_unrolled(golden_model):
+    """Decoding over the scanned stacked layers (unroll_layers=False) gives the same result as the default."""
+    name = "otter_mpt_tiny"
+    model, _ = golden_model(name)
+    inputs, ref = golden_case(name, "generate")
+    out = generate.generate(model, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                            max_new_tokens=8, unroll_layers=False)
+    np.testing.assert_array_equal(out.sequences, ref["sequences_use_cache_false"])
+    assert np.abs(out.scores - ref["scores_use_cache_false"]).max() <= 1e-4
+    beams = [generate.generate(model, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                               max_new_tokens=3, num_beams=2, unroll_layers=u) for u in (False, True)]
+    np.testing.assert_array_equal(beams[0].sequences, beams[1].sequences)
+
+
 def _full_logits(model, inputs, seq):
     """Logits [B, S, V] of a plain forward pass over prompt + generated tokens (no cache), positions and masks
     as in generation."""

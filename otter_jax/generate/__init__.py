@@ -42,10 +42,12 @@ def generate(model: Otter, vision_x: Any, input_ids: Any, attention_mask: Any = 
              num_beams: int = 1, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, seed: int = 0, length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
              eos_token_id: int | None = None, pad_token_id: int | None = None, mesh=None,
-             rules: S.Rules = S.DEFAULT_RULES) -> GenerateOutput:
+             rules: S.Rules = S.DEFAULT_RULES, unroll_layers: bool = True) -> GenerateOutput:
     """Generate up to `max_new_tokens` after left-padded prompts (`attention_mask` 0 on the padding).
 
-    With `mesh`, the batch is split over the mesh's batch axes and the (already sharded) model runs there."""
+    With `mesh`, the batch is split over the mesh's batch axes and the (already sharded) model runs there.
+    `unroll_layers` decodes over per-group weight slices taken once per call instead of scanning the stacked
+    layers (faster steps, longer compile; see `Otter.unstacked_groups`)."""
     ids = np.asarray(input_ids, np.int32)
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
     if ids.ndim != 2 or mask.shape != ids.shape:
@@ -68,10 +70,12 @@ def generate(model: Otter, vision_x: Any, input_ids: Any, attention_mask: Any = 
             seq, scores, steps = sample(model, media, args[1], args[2], max_new=max_new_tokens, do_sample=do_sample,
                                         temperature=jnp.float32(temperature), top_k=top_k,
                                         top_p=jnp.float32(top_p), seed=seed,
-                                        no_repeat_ngram_size=no_repeat_ngram_size, eos=eos, pad=pad)
+                                        no_repeat_ngram_size=no_repeat_ngram_size, eos=eos, pad=pad,
+                                        unroll=unroll_layers)
             n = int(steps)
             return GenerateOutput(np.asarray(seq)[:, :ids.shape[1] + n], np.asarray(scores)[:, :n])
         seq, best, steps = beam_search(model, media, args[1], args[2], max_new=max_new_tokens, num_beams=num_beams,
                                        length_penalty=jnp.float32(length_penalty),
-                                       no_repeat_ngram_size=no_repeat_ngram_size, eos=eos, pad=pad)
+                                       no_repeat_ngram_size=no_repeat_ngram_size, eos=eos, pad=pad,
+                                       unroll=unroll_layers)
         return GenerateOutput(np.asarray(seq)[:, :ids.shape[1] + int(steps)], sequences_scores=np.asarray(best))

@@ -30,15 +30,15 @@ class BeamState(NamedTuple):
     done: jax.Array  # [B]
 
 
-@nnx.jit(static_argnames=("max_new", "num_beams", "no_repeat_ngram_size"))
+@nnx.jit(static_argnames=("max_new", "num_beams", "no_repeat_ngram_size", "unroll"))
 def beam_search(model: Otter, media, ids, mask, *, max_new: int, num_beams: int, length_penalty,
-                no_repeat_ngram_size: int, eos, pad):
+                no_repeat_ngram_size: int, eos, pad, unroll: bool = True):
     """Returns (best sequences [B, L+max_new], their scores [B], steps taken)."""
     b, l = ids.shape
     k = num_beams
     ids_k, mask_k, media_k = (jnp.repeat(a, k, axis=0) for a in (ids, mask, media))
-    pre = prefill(model, media_k, ids_k, mask_k, max_new)
-    rebuild = module_factory(model)
+    rebuild = module_factory(model, unroll)
+    pre = prefill(rebuild(), media_k, ids_k, mask_k, max_new)
     s = l + max_new
     seq = jnp.concatenate([ids_k, jnp.full((b * k, max_new), pad, ids.dtype)], axis=1)
     vocab = pre.logits.shape[-1]

@@ -12,7 +12,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from otter_jax.generate import processors as P
-from otter_jax.models import layers as L
 from otter_jax.models.otter import DecodeCache, Otter
 
 
@@ -24,15 +23,34 @@ class Prefilled(NamedTuple):
     media_count: jax.Array  # [B] <image> tokens seen so far
 
 
-def module_factory(model: Otter):
-    """A function that rebuilds `model` from its arrays. Modules cannot cross into raw `lax` control flow (their
-    variables belong to the outer trace), so loop bodies build a fresh module from the closed-over arrays."""
+class Decoder(NamedTuple):
+    """The model and, when decoding unrolled, its per-group modules (see `Otter.unstacked_groups`)."""
+
+    model: Otter
+    groups: list | None
+
+
+def module_factory(model: Otter, unroll: bool):
+    """A function that rebuilds the Decoder from arrays. Modules cannot cross into raw `lax` control flow (their
+    variables belong to the outer trace), so loop bodies build fresh modules from the closed-over arrays; the
+    per-group slices are taken once, here, outside the loop."""
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(state)
-    return lambda: nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+    parts = []
+    if unroll:
+        for group in model.unstacked_groups():
+            g_def, g_state = nnx.split(group)
+            parts.append((g_def, *jax.tree.flatten(g_state)))
+
+    def rebuild() -> Decoder:
+        groups = [nnx.merge(d, jax.tree.unflatten(td, lv)) for d, lv, td in parts] if unroll else None
+        return Decoder(nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)), groups)
+
+    return rebuild
 
 
-def prefill(model: Otter, media: jax.Array, ids: jax.Array, mask: jax.Array, max_new: int) -> Prefilled:
+def prefill(dec: Decoder, media: jax.Array, ids: jax.Array, mask: jax.Array, max_new: int) -> Prefilled:
+    model = dec.model
     b, l = ids.shape
     s = l + max_new
     slot_valid = jnp.concatenate([mask.astype(bool), jnp.ones((b, max_new), bool)], axis=1)
@@ -40,18 +58,19 @@ def prefill(model: Otter, media: jax.Array, ids: jax.Array, mask: jax.Array, max
     causal = jnp.arange(s)[None, :] <= jnp.arange(l)[:, None]  # [L, S]
     text_time = jnp.cumsum(ids == model.media_token_id, axis=1, dtype=jnp.int32)
     logits, _, cache = model.decode(ids, media, causal[None] & slot_valid[:, None, :], positions[:, :l], text_time,
-                                    cache=model.init_cache(b, s), cache_index=jnp.int32(0), last_only=True)
+                                    cache=model.init_cache(b, s, unrolled=dec.groups is not None),
+                                    cache_index=jnp.int32(0), last_only=True, groups=dec.groups)
     return Prefilled(logits[:, -1], cache, slot_valid, positions, text_time[:, -1])
 
 
-def step(model: Otter, media: jax.Array, token: jax.Array, slot: jax.Array, pre: Prefilled, cache: DecodeCache,
+def step(dec: Decoder, media: jax.Array, token: jax.Array, slot: jax.Array, pre: Prefilled, cache: DecodeCache,
          media_count: jax.Array) -> tuple[jax.Array, DecodeCache]:
     """Feed one token per row at sequence slot `slot`; returns the next logits [B, V] and the cache."""
     s = pre.slot_valid.shape[1]
     mask = (jnp.arange(s)[None, None, :] <= slot) & pre.slot_valid[:, None, :]
     positions = jax.lax.dynamic_slice_in_dim(pre.positions, slot, 1, axis=1)
-    logits, _, cache = model.decode(token[:, None], media, mask, positions, media_count[:, None], cache=cache,
-                                    cache_index=slot)
+    logits, _, cache = dec.model.decode(token[:, None], media, mask, positions, media_count[:, None], cache=cache,
+                                        cache_index=slot, groups=dec.groups)
     return logits[:, 0], cache
 
 
@@ -65,13 +84,13 @@ class SampleState(NamedTuple):
     media_count: jax.Array
 
 
-@nnx.jit(static_argnames=("max_new", "do_sample", "top_k", "no_repeat_ngram_size"))
+@nnx.jit(static_argnames=("max_new", "do_sample", "top_k", "no_repeat_ngram_size", "unroll"))
 def sample(model: Otter, media, ids, mask, *, max_new: int, do_sample: bool, temperature, top_k: int, top_p,
-           seed, no_repeat_ngram_size: int, eos, pad):
+           seed, no_repeat_ngram_size: int, eos, pad, unroll: bool = True):
     """Greedy or sampled decoding. Returns (sequences [B, L+max_new], scores [B, max_new, V], steps taken)."""
     b, l = ids.shape
-    pre = prefill(model, media, ids, mask, max_new)
-    rebuild = module_factory(model)
+    rebuild = module_factory(model, unroll)
+    pre = prefill(rebuild(), media, ids, mask, max_new)
     seq = jnp.concatenate([ids, jnp.full((b, max_new), pad, ids.dtype)], axis=1)
     vocab = pre.logits.shape[-1]
     media_id = model.media_token_id
@@ -104,6 +123,6 @@ def sample(model: Otter, media, ids, mask, *, max_new: int, do_sample: bool, tem
 
 
 def reorder_cache(cache: DecodeCache, rows: jax.Array) -> DecodeCache:
-    """Select batch rows of every cached array (beam reordering). Group caches carry a leading layer axis."""
-    return DecodeCache(tuple(L.KVCache(kv.k[:, rows], kv.v[:, rows]) for kv in cache.groups),
-                       tuple(L.KVCache(kv.k[rows], kv.v[rows]) for kv in cache.tail))
+    """Select batch rows of every cached array (beam reordering); scanned-layout group caches ([G, B, S, KV, D])
+    carry a leading layer axis, all others are batch-major."""
+    return jax.tree.map(lambda a: a[:, rows] if a.ndim == 5 else a[rows], cache)

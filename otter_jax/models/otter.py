@@ -49,10 +49,11 @@ def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 class DecodeCache(NamedTuple):
-    """Keys/values of every decoder layer: `groups[j]` holds layer j of every group ([G, B, S, KV, D] arrays),
-    `tail[t]` the t-th layer after the groups ([B, S, KV, D])."""
+    """Keys/values of every decoder layer. Scanned layout: `groups[j]` holds layer j of every group
+    ([G, B, S, KV, D] arrays). Unrolled layout (decoding over `unstacked_groups()`): `groups[g][j]` is layer j of
+    group g ([B, S, KV, D]). `tail[t]` is the t-th layer after the groups ([B, S, KV, D])."""
 
-    groups: tuple[L.KVCache, ...]
+    groups: tuple
     tail: tuple[L.KVCache, ...]
 
 
@@ -102,18 +103,25 @@ class Otter(nnx.Module):
 
     def decode(self, input_ids: jax.Array, media: jax.Array, mask: jax.Array, positions: jax.Array,
                text_time: jax.Array, collect: bool = False, cache: DecodeCache | None = None,
-               cache_index: jax.Array | None = None, last_only: bool = False
-               ) -> tuple[jax.Array, Any, DecodeCache | None]:
+               cache_index: jax.Array | None = None, last_only: bool = False,
+               groups: list[DecoderGroup] | None = None) -> tuple[jax.Array, Any, DecodeCache | None]:
         """Run the language model on token ids with the given media latents.
 
         mask: bool [B, Lq, Lk] (Lk = cache length with a cache); positions: [B, Lq] (RoPE positions for LLaMA,
         sequence slots for MPT); with `cache`, the new keys/values are written at slot `cache_index`;
-        `last_only` computes logits at the last position only (a prefill needs no others).
+        `last_only` computes logits at the last position only (a prefill needs no others); `groups` (from
+        `unstacked_groups()`) runs the groups one after another instead of scanning (with the unrolled cache layout).
         Returns (float32 logits, intermediates or None, updated cache or None)."""
         arch = ARCHITECTURES[self.cfg.text_model_type]
         ctx = arch.attention_context(self.cfg.text, mask, positions, cache_index)
         x = self.embed_tokens(input_ids)
-        if cache is None:
+        if groups is not None:
+            group_kv = []
+            for g, group in enumerate(groups):
+                x, (_, kv) = group(x, media, text_time, ctx, False, None if cache is None else cache.groups[g])
+                group_kv.append(kv)
+            ys = (None, tuple(group_kv))
+        elif cache is None:
             x, ys = L.scan(self.groups, x, lambda g, h: g(h, media, text_time, ctx, collect), self.policy.remat)
         else:
             x, ys = L.scan(self.groups, x, lambda g, h, kv: g(h, media, text_time, ctx, collect, kv),
@@ -134,8 +142,17 @@ class Otter(nnx.Module):
         hidden += [h[None] for h in tail_inputs] + [x[None]]
         return logits, (jnp.concatenate(hidden, axis=0), xattn_out), new_cache
 
-    def init_cache(self, batch: int, length: int, dtype: Any = None) -> DecodeCache:
-        """An empty (zero) cache for `batch` rows of up to `length` tokens."""
+    def unstacked_groups(self) -> list[DecoderGroup]:
+        """One module per decoder group, holding that group's slice of the stacked parameters.
+
+        Scanning reads each layer's weights through a dynamic slice of the stacked arrays, which XLA:CPU copies
+        before every matmul; a decode step is bound by weight reads, so generation slices once and runs the groups
+        unrolled (compile time then grows with depth, for generation only)."""
+        graphdef, state = nnx.split(self.groups)
+        return [nnx.merge(graphdef, jax.tree.map(lambda a, g=g: a[g], state)) for g in range(self.cfg.num_groups)]
+
+    def init_cache(self, batch: int, length: int, dtype: Any = None, unrolled: bool = False) -> DecodeCache:
+        """An empty (zero) cache for `batch` rows of up to `length` tokens (layout: see DecodeCache)."""
         text = self.cfg.text
         kv_heads = text.num_key_value_heads if self.cfg.text_model_type == "llama" else text.n_heads
         dtype = jnp.dtype(dtype or self.policy.dtype)
@@ -145,7 +162,9 @@ class Otter(nnx.Module):
             return L.KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
         n, g = self.cfg.cross_attn_every_n_layers, self.cfg.num_groups
-        return DecodeCache(tuple(kv(g) for _ in range(n)), tuple(kv() for _ in range(self.cfg.num_tail_layers)))
+        groups = (tuple(tuple(kv() for _ in range(n)) for _ in range(g)) if unrolled
+                  else tuple(kv(g) for _ in range(n)))
+        return DecodeCache(groups, tuple(kv() for _ in range(self.cfg.num_tail_layers)))
 
     def generation_positions(self, attention_mask: jax.Array) -> jax.Array:
         """Query positions for (left-)padded prompts, as the reference's `generate` derives them."""
