@@ -16,18 +16,18 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from otter_jax import generate as G
 from otter_jax import sharding as S
 from otter_jax.data.images import decode_resize, normalize_host
 from otter_jax.evaluate.example import DataError
+from otter_jax.models.jit import module_jit
 
 Prompt = tuple[str, tuple[str, ...]]  # (text with one <image> per key, image keys)
 ReadImage = Callable[[str], bytes]
 
 
-@nnx.jit
+@module_jit
 def sequence_logprob(model, vision_x, ids, mask, target):
     """Sum over positions with target=1 of log p(ids[t] | ids[<t], images): [B] float32."""
     logits = model(vision_x, ids, attention_mask=mask).logits
@@ -36,7 +36,7 @@ def sequence_logprob(model, vision_x, ids, mask, target):
     return jnp.sum(jnp.where(target[:, 1:] != 0, tok, 0.0), axis=-1)
 
 
-@nnx.jit
+@module_jit
 def image_features(model, pixels):
     """[N, 3, H, W] -> L2-normalised mean of the CLIP encoder's last-layer patch tokens [N, D] (RICES features)."""
     hidden = model.vision_encoder(pixels.astype(model.policy.dtype))

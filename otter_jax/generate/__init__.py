@@ -17,12 +17,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from otter_jax import sharding as S
 from otter_jax.generate.beam import beam_search
 from otter_jax.generate.search import sample
 from otter_jax.models.otter import Otter
+from otter_jax.models.jit import module_jit
 
 
 @dataclasses.dataclass
@@ -32,7 +32,7 @@ class GenerateOutput:
     sequences_scores: np.ndarray | None = None  # [B] final beam scores (beam search)
 
 
-@nnx.jit
+@module_jit
 def encode_media(model: Otter, vision_x: jax.Array) -> jax.Array:
     """Vision encoder + perceiver, once per request: [B, T, F, 3, H, W] -> [B, T, latents, D]."""
     return model.encode_vision(vision_x.astype(model.policy.dtype))[1]

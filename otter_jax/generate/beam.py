@@ -11,11 +11,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from otter_jax.generate import processors as P
 from otter_jax.generate.search import DecodeCache, module_factory, prefill, reorder_cache, step
 from otter_jax.models.otter import Otter
+from otter_jax.models.jit import module_jit
 
 
 class BeamState(NamedTuple):
@@ -30,7 +30,7 @@ class BeamState(NamedTuple):
     done: jax.Array  # [B]
 
 
-@nnx.jit(static_argnames=("max_new", "num_beams", "no_repeat_ngram_size", "unroll"))
+@module_jit(static_argnames=("max_new", "num_beams", "no_repeat_ngram_size", "unroll"))
 def beam_search(model: Otter, media, ids, mask, *, max_new: int, num_beams: int, length_penalty,
                 no_repeat_ngram_size: int, eos, pad, unroll: bool = True):
     """Returns (best sequences [B, L+max_new], their scores [B], steps taken)."""

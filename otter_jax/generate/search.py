@@ -13,6 +13,7 @@ from flax import nnx
 
 from otter_jax.generate import processors as P
 from otter_jax.models.otter import DecodeCache, Otter
+from otter_jax.models.jit import module_jit
 
 
 class Prefilled(NamedTuple):
@@ -84,7 +85,7 @@ class SampleState(NamedTuple):
     media_count: jax.Array
 
 
-@nnx.jit(static_argnames=("max_new", "do_sample", "top_k", "no_repeat_ngram_size", "unroll"))
+@module_jit(static_argnames=("max_new", "do_sample", "top_k", "no_repeat_ngram_size", "unroll"))
 def sample(model: Otter, media, ids, mask, *, max_new: int, do_sample: bool, temperature, top_k: int, top_p,
            seed, no_repeat_ngram_size: int, eos, pad, unroll: bool = True):
     """Greedy or sampled decoding. Returns (sequences [B, L+max_new], scores [B, max_new, V], steps taken)."""
