@@ -12,10 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from syphus.dispatch import Gen, Mode, dispatch
+from syphus.dispatch import Gen, Mode, journaled_run
 from syphus.engine import Endpoint
-from syphus.generate import JOURNAL_NAME, plan
-from syphus.journal import Journal
+from syphus.generate import plan
 from syphus.mimicit import atomic_write_text
 from syphus.parse import parse_pairs
 from syphus.prompt import PromptError, PromptSpec
@@ -26,10 +25,7 @@ def generate_candidates(spec: PromptSpec, annotations, review_path: str | Path, 
     review_path = Path(review_path)
     entries = plan(spec, annotations, gen, limit=n, with_examples=False)
     task = f"cold-start:{spec.code}"
-    journal = Journal(review_path.parent / JOURNAL_NAME)
-    try:
-        journal.add_many(task, entries)
-        dispatch(journal, task, ep, mode)
+    with journaled_run(review_path.parent, task, entries, ep, mode) as (journal, _):
         candidates = []
         wanted = {e[0] for e in entries}
         for item_id, meta, status, response, finish, error in journal.items(task):
@@ -41,8 +37,6 @@ def generate_candidates(spec: PromptSpec, annotations, review_path: str | Path, 
                 cand["problem"] = reason
                 cand["raw"] = response
             candidates.append(cand)
-    finally:
-        journal.close()
     doc = {"task": spec.code, "prompt": str(spec.path), "candidates": candidates}
     atomic_write_text(review_path, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=110))
     return {"candidates": len(candidates), "with_problems": sum("problem" in c for c in candidates),

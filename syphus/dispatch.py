@@ -8,12 +8,14 @@ and token/cost estimates and touches neither the network nor the journal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from syphus.engine import Endpoint, send_all
-from syphus.journal import Journal
+from syphus.journal import JOURNAL_NAME, Journal
 from syphus.parse import response_format
 from syphus.tokens import cost_usd, estimate_request_tokens
 
@@ -50,6 +52,20 @@ def run_async(coro):
         return uvloop.run(coro)
     except ImportError:
         return asyncio.run(coro)
+
+
+@contextlib.contextmanager
+def journaled_run(directory, task: str, entries, ep: Endpoint, mode: Mode):
+    """Record `entries` under `task` in the journal of `directory` (created if needed), send what is not finished
+    yet, and yield (journal, this run's counts); the journal is closed afterwards whatever happens."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    journal = Journal(directory / JOURNAL_NAME)
+    try:
+        journal.add_many(task, entries)
+        yield journal, dispatch(journal, task, ep, mode)
+    finally:
+        journal.close()
 
 
 def dispatch(journal: Journal, task: str, ep: Endpoint, mode: Mode) -> dict:

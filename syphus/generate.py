@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from syphus.dispatch import Gen, Mode, dispatch, dry_run
+from syphus.dispatch import Gen, Mode, dry_run, journaled_run
 from syphus.engine import Endpoint
 from syphus.journal import Journal
 from syphus.mimicit import atomic_write_text, write_instructions
@@ -23,7 +23,6 @@ from syphus.parse import QA_SCHEMA, parse_pairs
 from syphus.prompt import PromptSpec
 from syphus.readers import read_annotations
 
-JOURNAL_NAME = "journal.sqlite"
 
 
 def plan(spec: PromptSpec, annotations: str | Path, gen: Gen, limit: int | None = None,
@@ -74,16 +73,10 @@ def run_task(spec: PromptSpec, annotations: str | Path, out_dir: str | Path, gen
     if dry:
         return dry_run([(e[0], e[2]) for e in entries], ep, show)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    journal = Journal(out_dir / JOURNAL_NAME)
-    try:
-        journal.add_many(spec.code, entries)
-        t0 = time.time()
-        sent = dispatch(journal, spec.code, ep, mode)
+    t0 = time.time()
+    with journaled_run(out_dir, spec.code, entries, ep, mode) as (journal, sent):
         return write_outputs(journal, spec.code, spec.code, out_dir, {
             "model": gen.model, "base_url": ep.base_url, "prompt": str(spec.path), "annotations": str(annotations),
             "params": {"temperature": gen.temperature, "top_p": gen.top_p, "max_tokens": gen.max_tokens,
                        "structured": gen.structured, "batch": mode.batch},
             "this_run": {**sent, "wall_s": round(time.time() - t0, 3)}})
-    finally:
-        journal.close()

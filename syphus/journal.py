@@ -44,6 +44,9 @@ CREATE INDEX IF NOT EXISTS requests_status ON requests(task, status);
 """
 
 
+JOURNAL_NAME = "journal.sqlite"  # one journal per output folder
+
+
 @dataclass
 class Outcome:
     """What one request ended with."""

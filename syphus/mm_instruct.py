@@ -19,7 +19,8 @@ from pathlib import Path
 
 from syphus.dispatch import Gen, Mode, dispatch, dry_run
 from syphus.engine import Endpoint
-from syphus.generate import JOURNAL_NAME, jsonl
+from syphus.generate import jsonl
+from syphus.journal import JOURNAL_NAME
 from syphus.journal import Journal
 from syphus.mimicit import atomic_write_text, write_instructions
 from syphus.parse import extract_json, json_instruction

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from syphus.dispatch import Gen, Mode, dispatch, dry_run
+from syphus.dispatch import Gen, Mode, dry_run, journaled_run
 from syphus.engine import Endpoint
-from syphus.generate import JOURNAL_NAME, jsonl
-from syphus.journal import Journal
+from syphus.generate import jsonl
 from syphus.mimicit import atomic_write_text, read_instructions, write_instructions
 from syphus.parse import extract_json, json_instruction
 
@@ -68,11 +67,7 @@ def translate(instructions: str | Path, out_dir: str | Path, gen: Gen, ep: Endpo
     if dry:
         return dry_run([(e[0], e[2]) for e in entries], ep, show)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    journal = Journal(out_dir / JOURNAL_NAME)
-    try:
-        journal.add_many(task, entries)
-        sent = dispatch(journal, task, ep, mode)
+    with journaled_run(out_dir, task, entries, ep, mode) as (journal, sent):
         per_lang = {k: {} for k in langs}
         invalid, failed = [], []
         for ins_id, _, status, response, finish, error in journal.items(task):
@@ -101,5 +96,3 @@ def translate(instructions: str | Path, out_dir: str | Path, gen: Gen, ep: Endpo
                    "accounting": journal.accounting().get(task, {}), "this_run": sent}
         atomic_write_text(out_dir / f"{stem}_translate_meta.json", json.dumps(summary, indent=1, ensure_ascii=False))
         return summary
-    finally:
-        journal.close()
