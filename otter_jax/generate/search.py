@@ -22,6 +22,7 @@ class Prefilled(NamedTuple):
     slot_valid: jax.Array  # bool [B, S]: prompt mask, then True for every generated slot
     positions: jax.Array  # [B, S] query position of every slot
     media_count: jax.Array  # [B] <image> tokens seen so far
+    media_kv: list | None  # per group: the gated block's media keys/values (unrolled decoding), computed once
 
 
 class Decoder(NamedTuple):
@@ -58,10 +59,12 @@ def prefill(dec: Decoder, media: jax.Array, ids: jax.Array, mask: jax.Array, max
     positions = model.generation_positions(slot_valid.astype(jnp.int32))
     causal = jnp.arange(s)[None, :] <= jnp.arange(l)[:, None]  # [L, S]
     text_time = jnp.cumsum(ids == model.media_token_id, axis=1, dtype=jnp.int32)
+    media_kv = None if dec.groups is None else [g.gated_cross_attn.attn.project_media(media) for g in dec.groups]
     logits, _, cache = model.decode(ids, media, causal[None] & slot_valid[:, None, :], positions[:, :l], text_time,
                                     cache=model.init_cache(b, s, unrolled=dec.groups is not None),
-                                    cache_index=jnp.int32(0), last_only=True, groups=dec.groups)
-    return Prefilled(logits[:, -1], cache, slot_valid, positions, text_time[:, -1])
+                                    cache_index=jnp.int32(0), last_only=True, groups=dec.groups,
+                                    media_kv=media_kv)
+    return Prefilled(logits[:, -1], cache, slot_valid, positions, text_time[:, -1], media_kv)
 
 
 def step(dec: Decoder, media: jax.Array, token: jax.Array, slot: jax.Array, pre: Prefilled, cache: DecodeCache,
@@ -71,7 +74,7 @@ def step(dec: Decoder, media: jax.Array, token: jax.Array, slot: jax.Array, pre:
     mask = (jnp.arange(s)[None, None, :] <= slot) & pre.slot_valid[:, None, :]
     positions = jax.lax.dynamic_slice_in_dim(pre.positions, slot, 1, axis=1)
     logits, _, cache = dec.model.decode(token[:, None], media, mask, positions, media_count[:, None], cache=cache,
-                                        cache_index=slot, groups=dec.groups)
+                                        cache_index=slot, groups=dec.groups, media_kv=pre.media_kv)
     return logits[:, 0], cache
 
 

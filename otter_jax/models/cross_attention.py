@@ -31,14 +31,21 @@ class MaskedCrossAttention(nnx.Module):
         self.to_kv = L.dense(dim_visual, (2, inner), ("embed", None, "heads"), policy, rngs)
         self.to_out = L.dense(inner, dim, ("heads", "embed"), policy, rngs)
 
-    def __call__(self, x: jax.Array, media: jax.Array, text_time: jax.Array) -> jax.Array:
+    def project_media(self, media: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Keys and values of the media latents, [B, T*n, H, Dh] each (fixed for a request: decoding reuses them)."""
+        b, t, n, _ = media.shape
+        kv = self.to_kv(media.reshape(b, t * n, -1).astype(self.to_q.kernel.dtype))
+        return tuple(kv[:, :, i].reshape(b, t * n, self.heads, self.dim_head) for i in (0, 1))
+
+    def __call__(self, x: jax.Array, media: jax.Array, text_time: jax.Array,
+                 media_kv: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
         """x [B, L, d], media [B, T, n, dv], text_time [B, L] -> [B, L, d]."""
         b, l, _ = x.shape
         _, t, n, _ = media.shape
         h, dh = self.heads, self.dim_head
         q = (self.to_q(self.norm(x)) * dh ** -0.5).reshape(b, l, h, dh)
-        kv = self.to_kv(media.reshape(b, t * n, -1).astype(x.dtype))
-        k, v = (kv[:, :, i].reshape(b, t * n, h, dh) for i in (0, 1))
+        k, v = self.project_media(media) if media_kv is None else media_kv
+        k, v = k.astype(x.dtype), v.astype(x.dtype)
         logits = jnp.einsum("blhd,bshd->bhls", q, k, preferred_element_type=jnp.float32)
         media_time = jnp.repeat(jnp.arange(1, t + 1, dtype=jnp.int32), n)
         visible = text_time[:, None, :, None] == media_time[None, None, None, :]
@@ -58,6 +65,6 @@ class GatedCrossAttentionBlock(nnx.Module):
         self.feed_forward = L.FeedForward(dim, cfg.xattn_ff_mult, policy, rngs)
         self.ff_gate = L.param((1,), (None,), policy, rngs, nnx.initializers.zeros_init())
 
-    def __call__(self, x: jax.Array, media: jax.Array, text_time: jax.Array) -> jax.Array:
-        x = self.attn(x, media, text_time) * jnp.tanh(self.attn_gate[...]).astype(x.dtype) + x
+    def __call__(self, x: jax.Array, media: jax.Array, text_time: jax.Array, media_kv=None) -> jax.Array:
+        x = self.attn(x, media, text_time, media_kv) * jnp.tanh(self.attn_gate[...]).astype(x.dtype) + x
         return self.feed_forward(x) * jnp.tanh(self.ff_gate[...]).astype(x.dtype) + x

@@ -62,13 +62,14 @@ class DecoderGroup(nnx.Module):
         self.layers = nnx.List([arch.DecoderLayer(cfg.text, policy, rngs) for _ in range(cfg.cross_attn_every_n_layers)])
         self.gated_cross_attn = GatedCrossAttentionBlock(cfg, policy, rngs)
 
-    def __call__(self, x, media, text_time, ctx, collect: bool, kv: tuple[L.KVCache, ...] | None = None):
+    def __call__(self, x, media, text_time, ctx, collect: bool, kv: tuple[L.KVCache, ...] | None = None,
+                 media_kv=None):
         inputs, xattn_out, new_kv = [], None, []
         for j, layer in enumerate(self.layers):
             if collect:
                 inputs.append(x)
             if j == len(self.layers) - 1:
-                x = xattn_out = self.gated_cross_attn(x, media, text_time)
+                x = xattn_out = self.gated_cross_attn(x, media, text_time, media_kv)
             x, layer_kv = layer(x, ctx, None if kv is None else kv[j])
             new_kv.append(layer_kv)
         return x, ((jnp.stack(inputs), xattn_out) if collect else None, None if kv is None else tuple(new_kv))
@@ -104,13 +105,15 @@ class Otter(nnx.Module):
     def decode(self, input_ids: jax.Array, media: jax.Array, mask: jax.Array, positions: jax.Array,
                text_time: jax.Array, collect: bool = False, cache: DecodeCache | None = None,
                cache_index: jax.Array | None = None, last_only: bool = False,
-               groups: list[DecoderGroup] | None = None) -> tuple[jax.Array, Any, DecodeCache | None]:
+               groups: list[DecoderGroup] | None = None, media_kv: list | None = None
+               ) -> tuple[jax.Array, Any, DecodeCache | None]:
         """Run the language model on token ids with the given media latents.
 
         mask: bool [B, Lq, Lk] (Lk = cache length with a cache); positions: [B, Lq] (RoPE positions for LLaMA,
         sequence slots for MPT); with `cache`, the new keys/values are written at slot `cache_index`;
         `last_only` computes logits at the last position only (a prefill needs no others); `groups` (from
-        `unstacked_groups()`) runs the groups one after another instead of scanning (with the unrolled cache layout).
+        `unstacked_groups()`) runs the groups one after another instead of scanning (with the unrolled cache layout),
+        and may come with each group's precomputed media keys/values (`media_kv`, from `project_media`).
         Returns (float32 logits, intermediates or None, updated cache or None)."""
         arch = ARCHITECTURES[self.cfg.text_model_type]
         ctx = arch.attention_context(self.cfg.text, mask, positions, cache_index)
@@ -118,7 +121,8 @@ class Otter(nnx.Module):
         if groups is not None:
             group_kv = []
             for g, group in enumerate(groups):
-                x, (_, kv) = group(x, media, text_time, ctx, False, None if cache is None else cache.groups[g])
+                x, (_, kv) = group(x, media, text_time, ctx, False, None if cache is None else cache.groups[g],
+                                   None if media_kv is None else media_kv[g])
                 group_kv.append(kv)
             ys = (None, tuple(group_kv))
         elif cache is None:
