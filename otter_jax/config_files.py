@@ -79,3 +79,26 @@ def _check_key(cfg: ml_collections.ConfigDict, dotted: str, error: type[Exceptio
             known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "-"
             raise error(f"--config.{dotted}: {where} does not exist (known here: {known})")
         node = node[part]
+
+
+def merge_strict(base: ml_collections.ConfigDict, user, error: type[Exception] = ValueError, prefix: str = "config",
+                 free_form: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """`user` over the defaults `base`: a key absent from `base` is an error naming it (a typo never passes
+    silently), sections merge recursively, ints become floats where the default is a float. Keys named in
+    `free_form` (dotted, e.g. "config.model") are taken whole."""
+    out = ml_collections.ConfigDict(base.to_dict())
+    for key, value in user.items():
+        name = f"{prefix}.{key}"
+        if name in free_form:
+            out[key] = ml_collections.ConfigDict(value.to_dict() if hasattr(value, "to_dict") else dict(value))
+        elif key not in base:
+            raise error(f"{name}: unknown key (known: {', '.join(sorted(base.keys()))})")
+        elif isinstance(base[key], ml_collections.ConfigDict):
+            if not isinstance(value, (dict, ml_collections.ConfigDict)):
+                raise error(f"{name}: expected a section, got {value!r}")
+            out[key] = merge_strict(base[key], ml_collections.ConfigDict(dict(value)), error, name, free_form)
+        elif isinstance(base[key], float) and isinstance(value, int) and not isinstance(value, bool):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out

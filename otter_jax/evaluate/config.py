@@ -75,35 +75,19 @@ def task_defaults(fmt: str) -> ml_collections.ConfigDict:
     return t
 
 
-def _merge(base: ml_collections.ConfigDict, user, prefix: str) -> ml_collections.ConfigDict:
-    out = ml_collections.ConfigDict(base.to_dict())
-    for key, value in user.items():
-        name = f"{prefix}.{key}"
-        if key not in base:
-            raise EvalConfigError(f"{name}: unknown key (known: {', '.join(sorted(base.keys()))})")
-        if isinstance(base[key], ml_collections.ConfigDict):
-            if not isinstance(value, (dict, ml_collections.ConfigDict)):
-                raise EvalConfigError(f"{name}: expected a section, got {value!r}")
-            out[key] = _merge(base[key], ml_collections.ConfigDict(dict(value)), name)
-        elif isinstance(base[key], float) and isinstance(value, int) and not isinstance(value, bool):
-            out[key] = float(value)
-        else:
-            out[key] = value
-    return out
-
-
 def merge(user: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     user = ml_collections.ConfigDict(user.to_dict() if hasattr(user, "to_dict") else dict(user))
     tasks = user.get("tasks", ml_collections.ConfigDict())
     if "tasks" in user:
         del user["tasks"]
-    c = _merge(defaults(), user, "config")
+    c = config_files.merge_strict(defaults(), user, EvalConfigError, "config")
     for name, section in tasks.items():
         section = dict(section)
         if "format" not in section:
             raise EvalConfigError(f"config.tasks.{name}: no format (one of {', '.join(FAMILIES)})")
-        c.tasks[name] = _merge(task_defaults(section["format"]), ml_collections.ConfigDict(section),
-                               f"config.tasks.{name}")
+        c.tasks[name] = config_files.merge_strict(task_defaults(section["format"]),
+                                                  ml_collections.ConfigDict(section), EvalConfigError,
+                                                  f"config.tasks.{name}")
     return c
 
 

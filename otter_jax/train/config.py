@@ -63,20 +63,7 @@ class TrainConfigError(ValueError):
 def merge(base: ml_collections.ConfigDict, user: ml_collections.ConfigDict, prefix: str = "config"
           ) -> ml_collections.ConfigDict:
     """`user` over `base`; a key absent from `base` is an error, except inside `model` (a free-form HF dict)."""
-    out = ml_collections.ConfigDict(base.to_dict())
-    for key, value in user.items():
-        name = f"{prefix}.{key}"
-        if key == "model":
-            out.model = ml_collections.ConfigDict(value.to_dict() if hasattr(value, "to_dict") else dict(value))
-        elif key not in base:
-            raise TrainConfigError(f"{name}: unknown key (known: {', '.join(sorted(base.keys()))})")
-        elif isinstance(base[key], ml_collections.ConfigDict):
-            if not isinstance(value, (dict, ml_collections.ConfigDict)):
-                raise TrainConfigError(f"{name}: expected a section, got {value!r}")
-            out[key] = merge(base[key], ml_collections.ConfigDict(dict(value)), name)
-        else:
-            out[key] = type(base[key])(value) if isinstance(base[key], float) and isinstance(value, int) else value
-    return out
+    return config_files.merge_strict(base, user, TrainConfigError, prefix, free_form=("config.model",))
 
 
 def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
