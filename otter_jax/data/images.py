@@ -3,7 +3,12 @@
 Why uint8 on the host: the float32 version of a batch is 4x larger to move between grain worker processes and onto
 the accelerator, and normalising is one fused multiply-add there (bench/data_loader.py measures both paths).
 JPEG decode uses PIL's draft mode (DCT-domain downscale to the smallest scale still >= the target), which is where
-most of the host time goes on full-size photos.
+most of the host time goes on full-size photos. The resize after it has two resamplers:
+- "pil": PIL's antialiased bicubic, the kernel of upstream training and of CLIPImageProcessor (evaluation and
+  generation use it);
+- "opencv": OpenCV's 4-tap bicubic, about 2x faster than PIL's on a 640x480 photo and the training loader's default.
+  On bench/data_loader.py's photos it is 1.2 grey levels (of 255) from upstream's full-size PIL decode+resize on
+  average, against 0.8 for draft+PIL.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from PIL import Image
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RESIZE_MODES = ("squash", "crop")  # squash: upstream training (224x224 bicubic); crop: CLIPImageProcessor style
+RESAMPLERS = ("pil", "opencv")
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -32,10 +38,27 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def decode_resize(data: bytes, size: int = 224, mode: str = "squash") -> np.ndarray:
+def _opencv():
+    import cv2
+
+    cv2.setNumThreads(1)  # parallelism belongs to the loader's threads/workers, not to one resize
+    return cv2
+
+
+def _bicubic(im: Image.Image, width: int, height: int, resampler: str) -> np.ndarray:
+    """RGB PIL image -> uint8 [height, width, 3]."""
+    if resampler == "pil":
+        return np.asarray(im.resize((width, height), Image.BICUBIC), dtype=np.uint8)
+    cv2 = _opencv()
+    return cv2.resize(np.asarray(im, dtype=np.uint8), (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def decode_resize(data: bytes, size: int = 224, mode: str = "squash", resampler: str = "pil") -> np.ndarray:
     """Encoded image -> uint8 [3, size, size]. Raises OSError/ValueError on undecodable or truncated data."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode {mode!r} not in {RESIZE_MODES}")
+    if resampler not in RESAMPLERS:
+        raise ValueError(f"resampler {resampler!r} not in {RESAMPLERS}")
     im = Image.open(io.BytesIO(data))
     if im.format == "JPEG":
         w, h = im.size
@@ -45,15 +68,14 @@ def decode_resize(data: bytes, size: int = 224, mode: str = "squash") -> np.ndar
     im.load()  # full decode here so truncated files fail now, inside the caller's error handling
     im = to_rgb(im)
     if mode == "squash":
-        im = im.resize((size, size), Image.BICUBIC)
+        out = _bicubic(im, size, size, resampler)
     else:
         w, h = im.size
         s = size / min(w, h)
         nw, nh = max(size, round(w * s)), max(size, round(h * s))
-        im = im.resize((nw, nh), Image.BICUBIC)
         left, top = (nw - size) // 2, (nh - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+        out = _bicubic(im, nw, nh, resampler)[top:top + size, left:left + size]
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
 def normalize_host(pixels_uint8: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ class LoaderConfig:
     max_seq_len: int = 2048
     image_size: int = 224
     resize: str = "squash"              # "squash" (upstream training) or "crop" (shortest side + centre crop)
+    resampler: str = "opencv"           # "opencv" (fast bicubic) or "pil" (upstream's exact kernel); see images.py
     max_media: int = 4                  # T for image groups
     num_frames: int = 32                # F for VIDEO_TEXT (upstream resample_frames)
     seed: int = 0
@@ -97,7 +98,8 @@ class MakeExample(grain.transforms.Map):
                 if image_index not in decoded:
                     img = self.store.images[image_index]
                     try:
-                        decoded[image_index] = images.decode_resize(img["image"], S, cfg.resize)
+                        decoded[image_index] = images.decode_resize(img["image"], S, cfg.resize,
+                                                                        cfg.resampler)
                     except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on bad data
                         raise BadRecord("bad_image", img["id"].decode(), img["source"].decode(),
                                         f"cannot decode (used by {rid!r}): {e}") from None

@@ -31,6 +31,7 @@ def defaults() -> ml_collections.ConfigDict:
         tokenizer="",             # HF tokenizer folder (its special-token ids go into the model config)
         eval_store="",            # validation store ("" = the training store)
         max_seq_len=2048, image_size=224, resize="squash", max_media=4, num_frames=32,
+        resampler="opencv",       # "opencv" (fast bicubic) or "pil" (upstream's exact kernel): otter_jax/data/images.py
         group_weights="",         # "IMAGE_TEXT=1,VIDEO_TEXT=0.5" ("" = proportional to group sizes)
         seed=0, strict=False, num_threads=4, num_workers=0,
         synthetic_images=2,       # synthetic source: media items per sample (F = 1)

@@ -55,7 +55,8 @@ def loader_config(c: ml_collections.ConfigDict, seed: int, num_epochs: int | Non
 
     d = c.data
     return LoaderConfig(batch_size=host_batch_size(c), max_seq_len=d.max_seq_len, image_size=d.image_size,
-                        resize=d.resize, max_media=d.max_media, num_frames=d.num_frames, seed=seed,
+                        resize=d.resize, resampler=d.resampler, max_media=d.max_media, num_frames=d.num_frames,
+                        seed=seed,
                         num_epochs=num_epochs, group_weights=parse_group_weights(d.group_weights), strict=d.strict,
                         num_threads=d.num_threads, num_workers=d.num_workers)
 

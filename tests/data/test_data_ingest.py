@@ -25,6 +25,17 @@ def test_demo_store_covers_all_groups(demo_store):
     assert len(vid["image_ids"]) == 8 and store.images[int(vid["image_index"][3])]["id"] == b"DEMO_VID_rocket_0003"
 
 
+def test_fast_record_reader_equals_tfds_data_source(demo_store):
+    """Store.images/instructions parse tf.Example bytes themselves; every record must equal TFDS's decoding."""
+    store = Store(demo_store)
+    for kind in ("images", "instructions"):
+        fast, ref = getattr(store, kind), store.tfds_source(kind)
+        assert len(fast) == len(ref) > 0
+        for i in range(len(ref)):
+            want = {k: (list(v) if isinstance(v, (list, np.ndarray)) else v) for k, v in ref[i].items()}
+            assert fast[i] == want, (kind, i)
+
+
 def test_round_trip_json_parquet_tfrecord_keeps_original_bytes(tmp_path):
     from syphus import schema
 
