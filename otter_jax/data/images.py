@@ -54,7 +54,7 @@ def _bicubic(im: Image.Image, width: int, height: int, resampler: str) -> np.nda
 
 
 def decode_resize(data: bytes, size: int = 224, mode: str = "squash", resampler: str = "pil") -> np.ndarray:
-    """Encoded image -> uint8 [3, size, size]. Raises OSError/ValueError on undecodable or truncated data."""
+    """Encoded image -> uint8 [3, size, size] (a channels-first view). Raises OSError/ValueError on undecodable or truncated data."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode {mode!r} not in {RESIZE_MODES}")
     if resampler not in RESAMPLERS:
@@ -75,7 +75,7 @@ def decode_resize(data: bytes, size: int = 224, mode: str = "squash", resampler:
         nw, nh = max(size, round(w * s)), max(size, round(h * s))
         left, top = (nw - size) // 2, (nh - size) // 2
         out = _bicubic(im, nw, nh, resampler)[top:top + size, left:left + size]
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    return out.transpose(2, 0, 1)  # a view: the caller's copy into its batch is the only one
 
 
 def normalize_host(pixels_uint8: np.ndarray) -> np.ndarray:
