@@ -96,7 +96,9 @@ def make_labels(ids: np.ndarray, sp: SpecialIds) -> np.ndarray:
 
 
 def encode(text: str, tok, sp: SpecialIds) -> np.ndarray:
-    ids = tok(text, add_special_tokens=False)["input_ids"]
+    backend = getattr(tok, "backend_tokenizer", None)  # the Rust tokenizer: same ids, without the wrapper's cost
+    ids = (backend.encode(text, add_special_tokens=False).ids if backend is not None
+           else tok(text, add_special_tokens=False)["input_ids"])
     return np.asarray(([sp.bos] if sp.bos is not None else []) + ids + [sp.eos], dtype=np.int32)
 
 
