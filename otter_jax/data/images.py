@@ -45,36 +45,66 @@ def _opencv():
     return cv2
 
 
-def _bicubic(im: Image.Image, width: int, height: int, resampler: str) -> np.ndarray:
-    """RGB PIL image -> uint8 [height, width, 3]."""
-    if resampler == "pil":
-        return np.asarray(im.resize((width, height), Image.BICUBIC), dtype=np.uint8)
+def _jpeg_reduction(w: int, h: int, request: tuple[int, int]) -> int:
+    """The DCT-domain reduction (1, 2, 4 or 8) PIL's draft picks: the largest keeping both sides >= request."""
+    most = min(w // request[0], h // request[1])
+    return next(r for r in (8, 4, 2, 1) if r <= max(most, 1))
+
+
+def _opencv_jpeg(data: bytes, reduction: int) -> np.ndarray:
+    """Colour JPEG -> BGR uint8 [h, w, 3] through OpenCV's libjpeg-turbo, reduced in the DCT domain like draft.
+
+    Straight into a NumPy array: no PIL image to copy out of. EXIF orientation is ignored, as PIL does."""
     cv2 = _opencv()
-    return cv2.resize(np.asarray(im, dtype=np.uint8), (width, height), interpolation=cv2.INTER_CUBIC)
+    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}[reduction]
+    out = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
+    if out is None:
+        raise OSError("cannot decode JPEG data (truncated or corrupt)")
+    return out
+
+
+def _bicubic(pixels, width: int, height: int, resampler: str) -> np.ndarray:
+    """PIL image ("pil") or uint8 [h, w, 3] array ("opencv") -> uint8 [height, width, 3]."""
+    if resampler == "pil":
+        return np.asarray(pixels.resize((width, height), Image.BICUBIC), dtype=np.uint8)
+    cv2 = _opencv()
+    return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
 def decode_resize(data: bytes, size: int = 224, mode: str = "squash", resampler: str = "pil") -> np.ndarray:
-    """Encoded image -> uint8 [3, size, size] (a channels-first view). Raises OSError/ValueError on undecodable or truncated data."""
+    """Encoded image -> uint8 [3, size, size] (a channels-first view).
+
+    Raises OSError/ValueError on undecodable or truncated data."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode {mode!r} not in {RESIZE_MODES}")
     if resampler not in RESAMPLERS:
         raise ValueError(f"resampler {resampler!r} not in {RESAMPLERS}")
     im = Image.open(io.BytesIO(data))
+    pixels, bgr = None, False
     if im.format == "JPEG":
         w, h = im.size
         # draft keeps each side >= the request; for crop only the short side must stay >= size.
         scale = size / min(w, h) if mode == "crop" else max(size / w, size / h)
-        im.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
-    im.load()  # full decode here so truncated files fail now, inside the caller's error handling
-    im = to_rgb(im)
+        request = (max(1, int(w * scale)), max(1, int(h * scale)))
+        if resampler == "opencv" and im.mode == "RGB":  # plain colour JPEG; CMYK/grey go through PIL below
+            pixels, bgr = _opencv_jpeg(data, _jpeg_reduction(w, h, request)), True
+        else:
+            im.draft("RGB", request)
+    if pixels is None:
+        im.load()  # full decode here so truncated files fail now, inside the caller's error handling
+        im = to_rgb(im)
+        pixels = im if resampler == "pil" else np.asarray(im, dtype=np.uint8)
+    h, w = (pixels.height, pixels.width) if resampler == "pil" else pixels.shape[:2]
     if mode == "squash":
-        out = _bicubic(im, size, size, resampler)
+        out = _bicubic(pixels, size, size, resampler)
     else:
-        w, h = im.size
         s = size / min(w, h)
         nw, nh = max(size, round(w * s)), max(size, round(h * s))
         left, top = (nw - size) // 2, (nh - size) // 2
-        out = _bicubic(im, nw, nh, resampler)[top:top + size, left:left + size]
+        out = _bicubic(pixels, nw, nh, resampler)[top:top + size, left:left + size]
+    if bgr:
+        out = out[:, :, ::-1]
     return out.transpose(2, 0, 1)  # a view: the caller's copy into its batch is the only one
 
 

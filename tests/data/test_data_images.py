@@ -9,12 +9,32 @@ from data_helpers import photo_jpeg
 from otter_jax.data import images
 
 
+@pytest.mark.parametrize("resampler", images.RESAMPLERS)
 @pytest.mark.parametrize("mode,fmt", [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGBA", "PNG"),
                                       ("P", "PNG"), ("LA", "PNG"), ("I;16", "PNG")])
-def test_every_mode_becomes_rgb_uint8(mode, fmt):
-    out = images.decode_resize(photo_jpeg(mode=mode, fmt=fmt), 28)
+def test_every_mode_becomes_rgb_uint8(mode, fmt, resampler):
+    out = images.decode_resize(photo_jpeg(mode=mode, fmt=fmt), 28, resampler=resampler)
     assert out.shape == (3, 28, 28) and out.dtype == np.uint8
     assert out.std() > 5  # a real picture, not a constant fill
+
+
+@pytest.mark.parametrize("mode", images.RESIZE_MODES)
+def test_opencv_path_matches_pil_path(mode):
+    """OpenCV's reduced JPEG decode is PIL's draft decode bit for bit, in RGB order; only the resize kernel differs."""
+    import cv2
+
+    data = photo_jpeg("astronaut.png", size=512)
+    im = Image.open(io.BytesIO(data))
+    im.draft("RGB", (100, 100))  # 512 -> 256 (reduction 2), then resized to 100
+    im.load()
+    bgr = images._opencv_jpeg(data, images._jpeg_reduction(512, 512, (100, 100)))
+    np.testing.assert_array_equal(bgr[:, :, ::-1], np.asarray(im))
+    fast = images.decode_resize(data, 100, mode, "opencv").astype(int)
+    exact = images.decode_resize(data, 100, mode, "pil").astype(int)
+    assert np.abs(fast - exact).mean() < 3  # same picture, same orientation and channel order
+    want = cv2.resize(np.asarray(im), (100, 100), interpolation=cv2.INTER_CUBIC).transpose(2, 0, 1)
+    if mode == "squash":
+        np.testing.assert_array_equal(fast, want)
 
 
 def test_alpha_is_composited_on_white():
@@ -35,12 +55,13 @@ def test_squash_vs_crop_geometry():
     assert crop[0].mean() < 20 and crop[2].mean() > 200  # centre crop keeps only the blue middle
 
 
-def test_truncated_and_garbage_bytes_raise():
+@pytest.mark.parametrize("resampler", images.RESAMPLERS)
+def test_truncated_and_garbage_bytes_raise(resampler):
     data = photo_jpeg(size=128)
     with pytest.raises(OSError):
-        images.decode_resize(data[: len(data) // 2], 28)
+        images.decode_resize(data[: len(data) // 2], 28, resampler=resampler)
     with pytest.raises(OSError):
-        images.decode_resize(b"not an image at all", 28)
+        images.decode_resize(b"not an image at all", 28, resampler=resampler)
 
 
 def test_normalize_on_device_matches_host():
