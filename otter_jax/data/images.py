@@ -12,6 +12,7 @@ most of the host time goes on full-size photos. The resize after it has two resa
 """
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -38,6 +39,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
+@functools.cache
 def _opencv():
     import cv2
 
