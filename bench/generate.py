@@ -20,20 +20,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, load_shape, median_time, otter_hf_dict  # noqa: E402
 
 
-def ours(shape: dict, reps: int) -> dict:
+def ours(shape: dict, reps: int, scan_layers: bool) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
     from otter_jax import generate
-    from otter_jax.models import Otter, OtterConfig, SpecialTokens
+    from otter_jax.models import Otter, OtterConfig, Policy, SpecialTokens
 
     cfg = OtterConfig.from_hf_dict(otter_hf_dict(shape))
     v = cfg.text.vocab_size
     import dataclasses
     cfg = dataclasses.replace(cfg, tokens=SpecialTokens(media=v - 3, endofchunk=v - 4, answer=v - 2, pad=v - 1))
-    model = Otter(cfg, rngs=nnx.Rngs(0))
+    model = Otter(cfg, Policy(scan_layers=scan_layers), rngs=nnx.Rngs(0))
     g = shape["generate"]
     rng = np.random.default_rng(0)
     size = cfg.vision.image_size
@@ -90,13 +90,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--scanned", action="store_true",
+                    help="our model in the stacked (scanned) layer layout; default: unrolled, the faster one on CPU")
     args = ap.parse_args()
     shape = load_shape()
     ref = None if args.skip_reference else reference(shape, args.threads, args.reps)
-    o = ours(shape, args.reps)
+    o = ours(shape, args.reps, args.scanned)
     f = o["floor"]
     print(f"bench-small generate, greedy fp32, {args.threads} threads, prompt {shape['generate']['prompt_tokens']}"
-          f" tokens + 1 image, {shape['generate']['new_tokens']} new tokens")
+          f" tokens + 1 image, {shape['generate']['new_tokens']} new tokens; our layers "
+          f"{'scanned' if args.scanned else 'unrolled'}")
     print(f"floor: {f['lm_weight_bytes'] / 2**20:.0f} MiB of LM weights per step / "
           f"{f['read_bandwidth_GBps']:.1f} GB/s = {f['floor_ms']:.1f} ms/step")
     b1, b8 = o["batch1"], o["batch8"]

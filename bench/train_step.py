@@ -54,7 +54,7 @@ def hf_dicts(shape: dict) -> tuple[dict, dict]:
 
 
 # ------------------------------------------------------------------------------------------------------------ ours
-def run_ours(shape: dict, warmup: int, reps: int) -> dict:
+def run_ours(shape: dict, warmup: int, reps: int, scan_layers: bool) -> dict:
     import jax
     import ml_collections
     import numpy as np
@@ -71,6 +71,7 @@ def run_ours(shape: dict, warmup: int, reps: int) -> dict:
     c.optim.update(lr=1e-5, weight_decay=0.1, clip_norm=1.0, schedule="constant", warmup_steps=0)
     c.train.update(global_batch_size=shape["train_step"]["batch"], steps=1000)
     c.data.update(source="synthetic")
+    c.policy.scan_layers = scan_layers
     mesh = S.make_mesh(data=-1)
     rules = C.parse_rules(c.rules)
     _, tokens = data.tokenizer_and_tokens(c, text["vocab_size"])
@@ -101,7 +102,7 @@ def run_ours(shape: dict, warmup: int, reps: int) -> dict:
     step_flops = flops.train_flops(cfg, b, L, n_img, vision_x.shape[2])
     med = statistics.median(times)
     peak = flops.device_peak_flops(jax.devices()[0], "float32")
-    out = {"side": "ours (JAX)", "device": jax.devices()[0].device_kind, "first_step_incl_compile_s": first,
+    out = {"side": "ours (JAX), layers " + ("scanned" if scan_layers else "unrolled"), "device": jax.devices()[0].device_kind, "first_step_incl_compile_s": first,
            "median_s": med, "times_s": times, "loss": losses[-1], "tokens_per_s": b * L / med,
            "model_tflops_per_s": step_flops / med / 1e12}
     if peak:
@@ -181,7 +182,7 @@ def run_ref(shape: dict, warmup: int, reps: int, threads: int) -> dict:
 def worker(args) -> None:
     with open(args.shape) as fh:
         shape = json.load(fh)
-    out = (run_ours(shape, args.warmup, args.reps) if args.worker == "ours"
+    out = (run_ours(shape, args.warmup, args.reps, args.worker == "ours_scanned") if args.worker.startswith("ours")
            else run_ref(shape, args.warmup, args.reps, args.threads))
     print("RESULT " + json.dumps(out), flush=True)
 
@@ -192,7 +193,7 @@ def spawn(python: str, side: str, args) -> dict:
            "--threads", str(args.threads), "--warmup", str(args.warmup), "--reps", str(args.reps)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                TF_CPP_MIN_LOG_LEVEL="2")
-    if side == "ours" and not args.accelerator:
+    if side.startswith("ours") and not args.accelerator:
         env["JAX_PLATFORMS"] = "cpu"  # XLA's CPU thread pool follows the pinned cores
     if args.accelerator:
         cmd = cmd[3:]  # no core pinning on the accelerator machine
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
     p.add_argument("--ref-python", default=os.path.join(ROOT, ".venv-ref", "bin", "python"))
     p.add_argument("--only", choices=("ours", "ref"), help="run one side")
     p.add_argument("--accelerator", action="store_true", help="ours on the default jax backend (GPU/TPU), unpinned")
-    p.add_argument("--worker", choices=("ours", "ref"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("ours", "ours_scanned", "ref"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker(args)
@@ -222,6 +223,7 @@ def main(argv=None) -> int:
     results = []
     if args.only != "ref":
         results.append(spawn(sys.executable, "ours", args))
+        results.append(spawn(sys.executable, "ours_scanned", args))
     if args.only != "ours":
         if not os.path.exists(args.ref_python):
             raise SystemExit(f"{args.ref_python} not found: run bash bench/setup_reference.sh first")
@@ -234,8 +236,9 @@ def main(argv=None) -> int:
         mfu = f", MFU {100 * r['mfu']:.1f}%" if "mfu" in r else ""
         print(f"  {r['side']:<30} {r['median_s']:.3f} s/step  {r['tokens_per_s']:,.0f} tokens/s  "
               f"loss {r['loss']:.4f} [{r['device']}]{mfu}{extra}")
-    if len(results) == 2:
-        print(f"  speed-up (upstream / ours): {results[1]['median_s'] / results[0]['median_s']:.2f}x")
+    if len(results) == 3:
+        for r in results[:2]:
+            print(f"  speed-up (upstream / {r['side']}): {results[2]['median_s'] / r['median_s']:.2f}x")
     return 0
 
 

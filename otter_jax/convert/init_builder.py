@@ -30,6 +30,7 @@ from otter_jax.models.perceiver import PerceiverResampler
 def _fresh_blocks(cfg: OtterConfig, policy: Policy, seed: int) -> dict[str, np.ndarray]:
     """A new perceiver and new gated blocks (gates 0), built alone so the frozen towers are never initialised."""
     rngs = nnx.Rngs(seed)
+    policy = dataclasses.replace(policy, scan_layers=True)  # the key maps' layout
     with nnx.use_eager_sharding(False):
         perceiver = PerceiverResampler(cfg, policy, rngs)
         blocks = L.create_stacked(lambda r: GatedCrossAttentionBlock(cfg, policy, r), cfg.num_groups, rngs)

@@ -29,6 +29,7 @@ from otter_jax.convert.otter_hf import (abstract_model, arrays_to_torch, check_k
 from otter_jax.convert.torch_io import CheckpointError, TensorSource
 from otter_jax.models.config import (SUPPORTED_TEXT_MODELS, ConfigError, OtterConfig, Policy, SpecialTokens,
                                      VisionConfig)
+from otter_jax.models.layout import relayout
 from otter_jax.models.otter import Otter
 
 ENDOFCHUNK, MEDIA, ANSWER, PAD = "<|endofchunk|>", "<image>", "<answer>", "<PAD>"
@@ -502,7 +503,7 @@ def load_openflamingo(checkpoint: str, lm: str, vision: str | None = None, *, to
         hint = " (give the vision tower with --vision)" if any(o.startswith("vision_encoder.") for o in missing) else ""
         raise CheckpointError(f"{checkpoint}: {len(keys)} tensors are in neither the checkpoint nor the base "
                               f"weights{hint}:\n" + "\n".join(f"  missing:     {k}" for k in keys))
-    return S.place(abstract, arrays, mesh, rules), cfg
+    return relayout(S.place(abstract, arrays, mesh, rules), policy.scan_layers), cfg
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -537,7 +538,7 @@ def openflamingo_state_dict(model: Otter, cfg: OtterConfig, trainable_only: bool
         raise ConfigError("the model has no vision projection (its vision tower came from an HF CLIPVisionModel "
                           "without visual_projection); OpenFlamingo's full state dict needs vision_encoder.proj. "
                           "Export the trainable-only checkpoint instead")
-    out = arrays_to_torch(S.flat_arrays(model), cfg, K.openflamingo_rules(cfg))
+    out = arrays_to_torch(S.flat_arrays(relayout(model, True)), cfg, K.openflamingo_rules(cfg))
     for alias, canon in K.openflamingo_aliases(cfg).items():
         out[alias] = out[canon]
     if trainable_only:

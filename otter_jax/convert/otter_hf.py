@@ -18,6 +18,7 @@ from otter_jax import sharding as S
 from otter_jax.convert.keymaps import IGNORED_TORCH_SUFFIXES, Rule, RowPart, otter_rules
 from otter_jax.convert.torch_io import CheckpointError, TensorSource, atomic_dir_write, save_safetensors
 from otter_jax.models.config import ConfigError, OtterConfig, Policy
+from otter_jax.models.layout import relayout
 from otter_jax.models.otter import Otter
 from otter_jax.tokens import find_special_tokens
 
@@ -40,6 +41,8 @@ def read_config(src_dir: str) -> OtterConfig:
 
 
 def abstract_model(cfg: OtterConfig, policy: Policy = Policy()) -> Otter:
+    """Shapes of the model in the stacked layout, the one key maps and checkpoints use (see models/layout.py)."""
+    policy = dataclasses.replace(policy, scan_layers=True)
     return nnx.eval_shape(lambda: Otter(cfg, policy, rngs=nnx.Rngs(0)))
 
 
@@ -125,7 +128,7 @@ def load_torch_checkpoint(path: str, policy: Policy = Policy(), mesh=None, rules
     abstract = abstract_model(cfg, policy)
     source = TensorSource(path)
     arrays = torch_to_arrays(source, cfg, param_shapes(abstract), source_name=path)
-    return S.place(abstract, arrays, mesh, rules), cfg
+    return relayout(S.place(abstract, arrays, mesh, rules), policy.scan_layers), cfg
 
 
 def save_torch_checkpoint(model: Otter, cfg: OtterConfig, out_dir: str, max_shard_bytes: int | None = None,
@@ -135,7 +138,7 @@ def save_torch_checkpoint(model: Otter, cfg: OtterConfig, out_dir: str, max_shar
 
     `dtype` casts on the way out (default: keep the parameter dtype); tokenizer files are copied from
     `tokenizer_dir` when given; `metadata` goes into the safetensors header next to {"format": "pt"}."""
-    tensors = arrays_to_torch(S.flat_arrays(model), cfg)
+    tensors = arrays_to_torch(S.flat_arrays(relayout(model, True)), cfg)
     if dtype is not None:
         tensors = {k: v.astype(dtype) for k, v in tensors.items()}
 

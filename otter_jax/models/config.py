@@ -105,11 +105,16 @@ class Policy:
 
     `remat` names a `jax.checkpoint_policies` entry ("nothing_saveable", "dots_saveable", ...), "full" (= save
     nothing), or "none" (no rematerialisation).
+    `scan_layers`: repeated layers (vision, perceiver, decoder groups) hold their parameters stacked on a leading
+    axis and run under `jax.lax.scan` (compile time flat in depth; the layout of checkpoints and conversion). False
+    keeps one module per layer and runs them one after another: XLA:CPU copies every layer's weights out of stacked
+    arrays before each matmul, so CPU training is faster unstacked (`otter_jax.models.layout` converts between both).
     """
 
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of parameters
     remat: str = "none"
+    scan_layers: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -120,8 +120,12 @@ class FeedForward(nnx.Module):
         return self.fc2(gelu_exact(self.fc1(self.norm(x))))
 
 
-def create_stacked(factory: Callable[[nnx.Rngs], nnx.Module], n: int, rngs: nnx.Rngs) -> nnx.Module:
-    """n copies of a module with parameters stacked on a leading "layers" axis, for `scan`."""
+def create_stacked(factory: Callable[[nnx.Rngs], nnx.Module], n: int, rngs: nnx.Rngs, stacked: bool = True
+                   ) -> nnx.Module:
+    """n copies of a module with parameters stacked on a leading "layers" axis, for `scan`; with stacked=False an
+    `nnx.List` of n separate modules (Policy.scan_layers), which `scan` runs one after another."""
+    if not stacked:
+        return nnx.List([factory(rngs) for _ in range(n)])  # each draws fresh keys from the shared streams
 
     @nnx.split_rngs(splits=n)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -143,7 +147,10 @@ def remat_policy(name: str) -> Callable | None:
 def scan(stacked: nnx.Module, carry: Any, body: Callable[..., tuple[Any, Any]], remat: str = "none",
          xs: Any = None) -> tuple[Any, Any]:
     """Run `body(layer, carry[, x]) -> (carry, y)` over the stacked layers (and the leading axis of `xs`, e.g.
-    per-layer caches); compile time does not grow with depth."""
+    per-layer caches); compile time does not grow with depth. An `nnx.List` of layers (from
+    `create_stacked(..., stacked=False)`) runs unrolled, with the same results and the ys stacked the same way."""
+    if isinstance(stacked, nnx.List):
+        return _unrolled(stacked, carry, body, remat, xs)
     if xs is None:
         def step(c, layer):
             return body(layer, c)
@@ -157,3 +164,15 @@ def scan(stacked: nnx.Module, carry: Any, body: Callable[..., tuple[Any, Any]], 
     scanned = nnx.scan(step, in_axes=in_axes, out_axes=(nnx.Carry, 0),
                        transform_metadata={nnx.PARTITION_NAME: "layers"})
     return scanned(carry, stacked) if xs is None else scanned(carry, stacked, xs)
+
+
+def _unrolled(layers: nnx.List, carry: Any, body: Callable, remat: str, xs: Any) -> tuple[Any, Any]:
+    call = body if remat == "none" else nnx.remat(body, policy=remat_policy(remat), prevent_cse=False)
+    ys = []
+    for i, layer in enumerate(layers):
+        if xs is None:
+            carry, y = call(layer, carry)
+        else:
+            carry, y = call(layer, carry, jax.tree.map(lambda a, i=i: a[i], xs))
+        ys.append(y)
+    return carry, jax.tree.map(lambda *a: jnp.stack(a), *ys)

@@ -88,7 +88,8 @@ class Otter(nnx.Module):
             self.embed_tokens = nnx.Embed(
                 text.vocab_size, text.hidden_size, rngs=rngs, **L.dtypes(policy),
                 embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed")))
-            self.groups = L.create_stacked(lambda r: DecoderGroup(cfg, arch, policy, r), cfg.num_groups, rngs)
+            self.groups = L.create_stacked(lambda r: DecoderGroup(cfg, arch, policy, r), cfg.num_groups, rngs,
+                                             policy.scan_layers)
             self.tail = nnx.List([arch.DecoderLayer(text, policy, rngs) for _ in range(cfg.num_tail_layers)])
             self.norm = arch.final_norm(text, policy, rngs)
             self.lm_head = (None if cfg.tied_embeddings else
@@ -152,6 +153,8 @@ class Otter(nnx.Module):
         Scanning reads each layer's weights through a dynamic slice of the stacked arrays, which XLA:CPU copies
         before every matmul; a decode step is bound by weight reads, so generation slices once and runs the groups
         unrolled (compile time then grows with depth, for generation only)."""
+        if isinstance(self.groups, nnx.List):  # already unrolled (Policy.scan_layers=False)
+            return list(self.groups)
         graphdef, state = nnx.split(self.groups)
         return [nnx.merge(graphdef, jax.tree.map(lambda a, g=g: a[g], state)) for g in range(self.cfg.num_groups)]
 

@@ -52,7 +52,8 @@ class PerceiverResampler(nnx.Module):
         self.latents = L.param((cfg.perceiver_num_latents, d), (None, "embed"), policy, rngs)
         self.frame_embs = (L.param((cfg.max_num_frames, d), (None, "embed"), policy, rngs)
                            if cfg.max_num_frames else None)
-        self.layers = L.create_stacked(lambda r: PerceiverLayer(cfg, policy, r), cfg.perceiver_depth, rngs)
+        self.layers = L.create_stacked(lambda r: PerceiverLayer(cfg, policy, r), cfg.perceiver_depth, rngs,
+                                         policy.scan_layers)
         self.norm = L.layer_norm(d, 1e-5, policy, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flax import nnx
 
+from otter_jax.models.layout import canonical_path
+
 ALWAYS = ("perceiver.", "groups.gated_cross_attn.", "embed_tokens.", "lm_head.")
 VISION = ("vision_encoder.",)
 LANGUAGE = ("groups.layers.", "tail.", "norm.")
@@ -19,6 +21,6 @@ def trainable_filter(train_lm: bool = False, train_vision: bool = False) -> nnx.
     """An nnx filter selecting the trainable parameters (for `nnx.DiffState`, `nnx.Optimizer(wrt=...)`)."""
 
     def keep(path, value) -> bool:
-        return is_trainable(".".join(map(str, path)), train_lm, train_vision)
+        return is_trainable(".".join(map(str, canonical_path(path))), train_lm, train_vision)
 
     return nnx.All(nnx.Param, keep)

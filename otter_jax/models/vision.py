@@ -57,7 +57,8 @@ class CLIPVisionEncoder(nnx.Module):
         self.position_embedding = L.param((cfg.num_patches + 1, d), (None, "embed"), policy, rngs,
                                           nnx.initializers.normal(0.02))
         self.pre_layrnorm = L.layer_norm(d, cfg.layer_norm_eps, policy, rngs)
-        self.layers = L.create_stacked(lambda r: CLIPLayer(cfg, policy, r), cfg.num_hidden_layers, rngs)
+        self.layers = L.create_stacked(lambda r: CLIPLayer(cfg, policy, r), cfg.num_hidden_layers, rngs,
+                                         policy.scan_layers)
         self.post_layernorm = L.layer_norm(d, cfg.layer_norm_eps, policy, rngs)
         self.visual_projection = (L.dense(d, cfg.proj_dim, ("embed", None), policy, rngs) if cfg.proj_dim else None)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
@@ -73,11 +73,22 @@ class Checkpoints:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def restore_latest(self, template: nnx.State, data_iter) -> tuple[int, nnx.State, dict] | None:
-        """(step, state, meta) from the newest readable checkpoint; `data_iter` is set in place. None if none."""
+    def restore_latest(self, template: nnx.State, data_iter, check: Callable[[dict], None] | None = None
+                       ) -> tuple[int, nnx.State, dict] | None:
+        """(step, state, meta) from the newest readable checkpoint; `data_iter` is set in place. None if none.
+
+        `check(meta)` runs before the arrays are read: a run config that cannot resume this checkpoint raises there,
+        instead of looking like an unreadable checkpoint."""
         target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in flat(template).items()}
         unreadable = []
         for step in reversed(self.steps()):
+            if check is not None:
+                try:
+                    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+                except Exception:  # noqa: BLE001 - unreadable meta: the full restore below reports and skips it
+                    meta = None
+                if meta is not None:
+                    check(dict(meta))
             try:
                 out = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target), data_iter=grain.checkpoint.CheckpointRestore(data_iter),

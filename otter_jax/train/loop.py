@@ -99,8 +99,7 @@ def train(c: ml_collections.ConfigDict) -> Result:
         graphdef, abstract = ST.abstract_state(cfg, policy, c)
         shardings = S.state_shardings(abstract, mesh, rules)
         template = ST.TrainState(graphdef, abstract, shardings, cfg).abstract()
-        start, restored, meta = ckpt.restore_latest(template, batches)
-        _check_resume(meta, c)
+        start, restored, meta = ckpt.restore_latest(template, batches, check=lambda m: _check_resume(m, c))
         ts = ST.TrainState(graphdef, restored, shardings, cfg)
         log.info("resumed from %s/%d", ckpt.directory, start)
     else:
@@ -219,6 +218,10 @@ def _check_resume(meta: dict, c: ml_collections.ConfigDict) -> None:
     now = json.loads(c.to_json_best_effort())
     if saved.get("model") != now.get("model"):
         raise C.TrainConfigError("config.model differs from the checkpoint's; use a new config.workdir")
+    layout = saved.get("policy", {}).get("scan_layers", True), now.get("policy", {}).get("scan_layers", True)
+    if layout[0] != layout[1]:
+        raise C.TrainConfigError(f"the checkpoint holds the train state with policy.scan_layers={layout[0]}; resume "
+                                 f"with --config.policy.scan_layers={layout[0]} (the exported model loads in either)")
     for section in ("train", "optim", "data", "mesh"):
         diff = sorted(k for k in set(saved.get(section, {})) | set(now.get(section, {}))
                       if saved.get(section, {}).get(k) != now.get(section, {}).get(k))

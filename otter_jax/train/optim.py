@@ -8,6 +8,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from otter_jax.models.layout import canonical_path
 from otter_jax.models.trainable import trainable_filter
 
 DECAYED_PREFIX = "groups.gated_cross_attn."
@@ -43,7 +44,8 @@ def schedule(o: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
 def decay_mask(params: nnx.State) -> nnx.State:
     """A bool per parameter of `params` (pure arrays, as `nnx.as_pure(nnx.state(model, wrt))` gives)."""
     def one(path, _):
-        return is_decayed(".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path))
+        return is_decayed(".".join(map(str, canonical_path(tuple(getattr(k, "key", getattr(k, "idx", k))
+                                                                      for k in path)))))
 
     return jax.tree_util.tree_map_with_path(one, params)
 

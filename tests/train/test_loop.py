@@ -4,6 +4,8 @@ import logging
 import os
 import signal
 
+import pytest
+
 
 from train_helpers import demo_root, tiny_config  # noqa: F401
 from otter_jax.train import config as C, data, loop
@@ -48,6 +50,12 @@ def test_sigterm_saves_and_resume_is_exact_with_corrupt_fallback(tmp_path, monke
         again = loop.train(tiny_config(run, train=dict(steps=6)))
     assert any("cannot be restored" in r.message and "/6 " in r.message for r in caplog.records)
     assert again.start_step == 4 and {s: again.losses[s] for s in (5, 6)} == {s: full.losses[s] for s in (5, 6)}
+
+    # Resuming in the other layer layout is refused by name before any array is read; nothing is set aside.
+    kept = sorted(os.listdir(run / "checkpoints"))
+    with pytest.raises(C.TrainConfigError, match="scan_layers=True"):
+        loop.train(tiny_config(run, policy=dict(scan_layers=False), train=dict(steps=8)))
+    assert sorted(os.listdir(run / "checkpoints")) == kept
 
 
 def test_demo_config_loss_falls(demo_root, tmp_path):

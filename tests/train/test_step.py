@@ -55,6 +55,26 @@ def test_step_updates_exactly_the_trainable_parameters(setup):
     assert k.sharding.spec == ts.shardings[0]["groups"]["layers"][0]["mlp"]["up_proj"]["kernel"].get_value().spec
 
 
+def test_unrolled_layout_trains_the_same_parameter_set(setup):
+    """Policy(scan_layers=False): one module per layer; the trainable set is the same (by canonical path)."""
+    from otter_jax.models.config import Policy
+    from otter_jax.models.layout import canonical_path
+
+    c, mesh, rules, cfg, batches = setup
+    ts = ST.create(cfg, Policy(scan_layers=False), c, mesh, rules)
+    fn = STEP.jit_train_step(ts, mesh, rules, 1, optim.schedule(c.optim, c.train.steps))
+    before = _host(ts.state[0])
+    assert any(k.startswith("groups.1.layers.0.") for k in before)
+    state, _ = fn(ts.state, batches[0])
+    state, m = fn(state, batches[1])
+    after = _host(state[0])
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    trainable = {k for k in before if is_trainable(".".join(map(str, canonical_path(tuple(
+        int(x) if x.isdigit() else x for x in k.split("."))))))}
+    assert changed == trainable and len(trainable) > 0, sorted(changed ^ trainable)
+    assert np.isfinite(float(m["loss"]))
+
+
 def test_accumulating_k_micro_batches_equals_one_big_batch(setup):
     c, mesh, rules, cfg, batches = setup
     k = 2  # 8 rows = 2 micro-batches of 4, each still split 4 ways over (data, fsdp)
