@@ -38,7 +38,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.batch_size = 8             # rows per device step (rounded up to a multiple of the mesh's batch shards)
     c.length_bucket = 32         # prompt lengths are padded to a multiple of this (fewer compiled shapes)
     c.resize = "squash"          # image resize: squash (upstream) or crop (CLIP processor)
-    c.policy = dict(dtype="float32", param_dtype="float32")
+    c.policy = dict(dtype="float32", param_dtype="float32",
+                    scan_layers=False)  # generation decodes layer by layer: load it that way (no per-call slicing)
     c.mesh = dict(enabled=False, data=-1, fsdp=1, tensor=1)
     c.shots = "0"                # comma-separated, e.g. "0,4,8,16,32"
     c.seeds = "42"               # comma-separated trial seeds (demonstration sampling)

@@ -46,8 +46,9 @@ def generate(model: Otter, vision_x: Any, input_ids: Any, attention_mask: Any = 
     """Generate up to `max_new_tokens` after left-padded prompts (`attention_mask` 0 on the padding).
 
     With `mesh`, the batch is split over the mesh's batch axes and the (already sharded) model runs there.
-    `unroll_layers` decodes over per-group weight slices taken once per call instead of scanning the stacked
-    layers (faster steps, longer compile; see `Otter.unstacked_groups`)."""
+    `unroll_layers` decodes group by group instead of scanning the stacked layers (faster steps, longer compile); a
+    stacked model (Policy.scan_layers=True) then has its per-group weights sliced once per call, a model loaded with
+    Policy(scan_layers=False) needs no slicing at all (see `Otter.unstacked_groups`)."""
     ids = np.asarray(input_ids, np.int32)
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
     if ids.ndim != 2 or mask.shape != ids.shape:

@@ -74,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from otter_jax import checkpoint, generate
     from otter_jax.generate.requests import answers, load_checkpoint_tokenizer, make_batch
 
-    model, cfg = checkpoint.load_model(args.checkpoint)
+    from otter_jax.models import Policy
+
+    model, cfg = checkpoint.load_model(args.checkpoint, Policy(scan_layers=False))  # decoding runs layer by layer
     tok = load_checkpoint_tokenizer(args.checkpoint)
     options = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.do_sample,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
