@@ -3,8 +3,9 @@
 Naive path (what upstream training does): json.load the whole base64 images JSON at start-up, then per episode
 base64-decode, PIL open + RGB + 224 bicubic resize, float32 CLIP normalisation on the host, tokenise.
 Ours: the ArrayRecord store (built once, timed separately) read by the grain pipeline in ONE process with ONE thread
-(so the ratio is per worker), uint8 pixels (normalised later on the device); also shown with float32 host pixels
-and with 2 read threads in the one process (PIL releases the GIL while decoding/resizing).
+(so the ratio is per worker), uint8 pixels (normalised later on the device), the loader's default resampler
+(reduced-scale JPEG decode + OpenCV bicubic, see otter_jax/data/images.py); also shown with float32 host pixels
+and with 2 read threads in the one process (decoding and resizing release the GIL).
 "per CPU-s" divides by the process's CPU time instead of wall time: the fair per-worker figure when a path
 keeps more than one core busy (grain's read thread overlaps with the main thread's batching).
 Each measurement runs in its own subprocess so that peak RSS (VmHWM) belongs to that path alone.
