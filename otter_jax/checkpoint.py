@@ -17,7 +17,7 @@ from otter_jax import sharding as S
 from otter_jax.convert.otter_hf import abstract_model, copy_tokenizer_files
 from otter_jax.convert.torch_io import CheckpointError, atomic_dir_write
 from otter_jax.models.config import OtterConfig, Policy, SpecialTokens
-from otter_jax.models.layout import relayout, stacked_params
+from otter_jax.models.layout import relayout
 from otter_jax.models.otter import Otter
 
 META_FILE = "otter_jax.json"
@@ -25,7 +25,7 @@ META_FILE = "otter_jax.json"
 
 def save_model(model: Otter, cfg: OtterConfig, ckpt_dir: str, tokenizer_dir: str | None = None) -> None:
     """Write a new checkpoint directory atomically (nothing is left behind on failure)."""
-    params = stacked_params(model)  # checkpoints are always in the stacked layout
+    params = nnx.to_pure_dict(nnx.state(relayout(model, True)))  # checkpoints are always in the stacked layout
 
     def write(tmp: str) -> None:
         with open(os.path.join(tmp, "config.json"), "w") as fh:

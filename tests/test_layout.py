@@ -7,7 +7,7 @@ from flax import nnx
 from golden_helpers import golden_case, golden_dir
 from otter_jax import checkpoint, convert
 from otter_jax.models import Policy
-from otter_jax.models.layout import canonical_path, relayout, stacked_params
+from otter_jax.models.layout import canonical_path, relayout
 from otter_jax.models.trainable import trainable_filter
 from otter_jax.train.optim import decay_mask
 
@@ -33,7 +33,7 @@ def test_unrolled_model_matches_golden_and_stacked(golden_model, name):
     np.testing.assert_allclose(np.asarray(b.hidden_states), np.asarray(a.hidden_states), atol=1e-5)
     assert abs(float(a.loss) - float(b.loss)) <= 1e-6
     # Round trip back to stacked is exact.
-    back = _flat(stacked_params(unrolled))
+    back = _flat(nnx.to_pure_dict(nnx.state(relayout(unrolled, True))))
     want = _flat(nnx.to_pure_dict(nnx.state(stacked)))
     assert back.keys() == want.keys()
     for k in want:

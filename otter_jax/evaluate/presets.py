@@ -17,23 +17,24 @@ def flickr30k(root: str = "{data_root}") -> dict:
                 images=os.path.join(d, "flickr30k-images"), split="test")
 
 
+def _coco_vqa(d: str, questions: str, annotations: str) -> dict:
+    """VQAv2 / OK-VQA layout: official question and annotation JSONs per split over the COCO 2014 image folders."""
+    def split(name: str) -> dict:
+        return dict(questions=os.path.join(d, questions.format(split=name)),
+                    annotations=os.path.join(d, annotations.format(split=name)), images=os.path.join(d, name))
+
+    val, train = split("val2014"), split("train2014")
+    return dict(format="vqa", **val, **{f"train_{k}": v for k, v in train.items()})
+
+
 def vqav2(root: str = "{data_root}") -> dict:
-    d = os.path.join(root, "vqav2")
-    return dict(format="vqa", questions=os.path.join(d, "v2_OpenEnded_mscoco_val2014_questions.json"),
-                annotations=os.path.join(d, "v2_mscoco_val2014_annotations.json"),
-                images=os.path.join(d, "val2014"),
-                train_questions=os.path.join(d, "v2_OpenEnded_mscoco_train2014_questions.json"),
-                train_annotations=os.path.join(d, "v2_mscoco_train2014_annotations.json"),
-                train_images=os.path.join(d, "train2014"))
+    return _coco_vqa(os.path.join(root, "vqav2"), "v2_OpenEnded_mscoco_{split}_questions.json",
+                     "v2_mscoco_{split}_annotations.json")
 
 
 def okvqa(root: str = "{data_root}") -> dict:
-    d = os.path.join(root, "okvqa")
-    return dict(format="vqa", questions=os.path.join(d, "OpenEnded_mscoco_val2014_questions.json"),
-                annotations=os.path.join(d, "mscoco_val2014_annotations.json"), images=os.path.join(d, "val2014"),
-                train_questions=os.path.join(d, "OpenEnded_mscoco_train2014_questions.json"),
-                train_annotations=os.path.join(d, "mscoco_train2014_annotations.json"),
-                train_images=os.path.join(d, "train2014"))
+    return _coco_vqa(os.path.join(root, "okvqa"), "OpenEnded_mscoco_{split}_questions.json",
+                     "mscoco_{split}_annotations.json")
 
 
 def textvqa(root: str = "{data_root}") -> dict:

@@ -64,12 +64,6 @@ def stack(params: dict) -> dict:
     return params
 
 
-def stacked_params(model: Otter) -> dict:
-    """The model's parameters as a pure dict in the canonical (stacked) layout."""
-    params = nnx.to_pure_dict(nnx.state(model))
-    return params if model.policy.scan_layers else stack(params)
-
-
 def relayout(model: Otter, scan_layers: bool) -> Otter:
     """The same model in the other layout (a new module; arrays are sliced or stacked, nothing else changes)."""
     if model.policy.scan_layers == scan_layers:

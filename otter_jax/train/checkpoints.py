@@ -82,27 +82,28 @@ class Checkpoints:
         target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in flat(template).items()}
         unreadable = []
         for step in reversed(self.steps()):
-            if check is not None:
-                try:
-                    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-                except Exception:  # noqa: BLE001 - unreadable meta: the full restore below reports and skips it
-                    meta = None
-                if meta is not None:
-                    check(dict(meta))
-            try:
-                out = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target), data_iter=grain.checkpoint.CheckpointRestore(data_iter),
-                    meta=ocp.args.JsonRestore()))
-            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: try the previous one
-                log.warning("checkpoint %s/%d cannot be restored (%s: %s); falling back to the previous one",
-                            self.directory, step, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+            meta = self._read(step, meta=ocp.args.JsonRestore())
+            if meta is not None and check is not None:
+                check(dict(meta.meta))  # outside _read: a refusal is the caller's error, not a bad checkpoint
+            out = None if meta is None else self._read(step, state=ocp.args.StandardRestore(target),
+                                                       data_iter=grain.checkpoint.CheckpointRestore(data_iter))
+            if out is None:
                 unreadable.append(step)
                 continue
             self._set_aside(unreadable)
-            return step, unflat(template, out.state), dict(out.meta)
+            return step, unflat(template, out.state), dict(meta.meta)
         if self.steps():
             raise RuntimeError(f"{self.directory}: no checkpoint could be restored (steps {self.steps()})")
         return None
+
+    def _read(self, step: int, **items):
+        """The named items of one step, or None (with a warning) when the checkpoint cannot be read."""
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: the caller tries the previous one
+            log.warning("checkpoint %s/%d cannot be restored (%s: %s); falling back to the previous one",
+                        self.directory, step, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+            return None
 
     def _set_aside(self, steps: list[int]) -> None:
         """Rename unreadable checkpoints to `<step>.unreadable` (kept for inspection) so the run can save those
