@@ -30,6 +30,13 @@ def _endpoint_args(p: argparse.ArgumentParser, prefix: str = "", what: str = "")
                    help=f"environment variable holding the API key{what} (the key itself is never logged)")
 
 
+def _source_args(p: argparse.ArgumentParser) -> None:
+    from syphus.sources import DEFAULT_FRAMES, FORMATS
+    p.add_argument("--format", choices=FORMATS, help="annotation format of every file (default: detected per file)")
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
+                   help="frames per video clip in generated image ids (use the same N with `syphus frames`)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     _endpoint_args(p)
     g = p.add_argument_group("sending")
@@ -51,6 +58,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-retry-failed", action="store_true", help="on rerun, leave requests recorded failed alone")
     g.add_argument("--dry-run", action="store_true", help="print rendered prompts and estimates, send nothing")
     g.add_argument("--show", type=int, default=3, help="prompts printed by --dry-run")
+    g.add_argument("--allow-failures", action="store_true",
+                   help="exit 0 even when some requests end failed or invalid (default: exit 1 with a summary)")
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("-v", "--verbose", action="store_true")
 
@@ -63,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--task", required=True, help="task code (LA, SD, CGD, SN, VST, DC, TVC, E4D) or a prompt YAML")
     r.add_argument("--prompts-dir", help="folder of extra prompt specs, searched before the built-in ones")
     r.add_argument("--reader", help="override the spec's annotation reader (name or module:function)")
-    r.add_argument("--annotations", required=True, help="JSON list or JSON Lines of annotations")
+    r.add_argument("--annotations", required=True, nargs="+", action="extend",
+                   help="annotation file(s): our JSON list / JSON Lines, or the family's public files as published "
+                        "(several merge per record, e.g. COCO captions + instances + LLaVA conversations for LA)")
+    _source_args(r)
     r.add_argument("--out", required=True, help="run folder (journal + outputs); rerun with the same to resume")
     r.add_argument("--limit", type=int, help="only the first N annotations")
     _common(r)
@@ -86,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cold-start", help="bootstrap in-context examples; --promote approved ones")
     c.add_argument("--task", required=True)
     c.add_argument("--prompts-dir")
-    c.add_argument("--annotations", help="annotations to sample candidates from")
+    c.add_argument("--annotations", nargs="+", action="extend", help="annotations to sample candidates from")
+    _source_args(c)
     c.add_argument("--n", type=int, default=4, help="number of candidates")
     c.add_argument("--review", required=True, help="review YAML to write (generate) or read (--promote)")
     c.add_argument("--promote", action="store_true", help="append approved candidates to the prompt spec")
@@ -150,7 +163,8 @@ def _cmd(a) -> dict:
         spec = find_spec(a.task, a.prompts_dir)
         if a.reader:
             spec.reader = a.reader
-        return run_task(spec, a.annotations, a.out, gen, ep, mode, dry=a.dry_run, limit=a.limit, show=a.show)
+        return run_task(spec, a.annotations, a.out, gen, ep, mode, dry=a.dry_run, limit=a.limit, show=a.show,
+                        fmt=a.format, frames=a.frames)
     if a.cmd == "translate":
         from syphus.translate import translate
         ep, gen, mode = _setup(a, Path(a.out))
@@ -177,10 +191,20 @@ def _cmd(a) -> dict:
         if a.dry_run:
             from syphus.dispatch import dry_run
             from syphus.generate import plan
-            return dry_run([(e[0], e[2]) for e in plan(spec, a.annotations, gen, a.n, with_examples=False)],
-                           ep, a.show)
+            return dry_run([(e[0], e[2]) for e in plan(spec, a.annotations, gen, a.n, with_examples=False,
+                                                       fmt=a.format, frames=a.frames)], ep, a.show)
         return generate_candidates(spec, a.annotations, a.review, gen, ep, a.n, mode)
     raise AssertionError(a.cmd)
+
+
+def problems(result: dict) -> dict[str, int]:
+    """Requests of this run's task(s) that did not end in a usable answer: failed, invalid, still pending."""
+    acc = result.get("accounting") or {}
+    per_task = acc.values() if acc and all(isinstance(v, dict) for v in acc.values()) else [acc]
+    failed = result.get("failed_requests", sum(int(t.get("failed", 0)) for t in per_task))
+    out = {"failed": int(failed), "invalid": int(result.get("invalid_responses", 0)),
+           "pending": int(result.get("pending_requests", 0))}
+    return {k: v for k, v in out.items() if v}
 
 
 def main(argv=None) -> int:
@@ -191,6 +215,17 @@ def main(argv=None) -> int:
         print(f"syphus {a.cmd}: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1, ensure_ascii=False))
+    bad = problems(result) if isinstance(result, dict) and not getattr(a, "dry_run", False) else {}
+    if bad:
+        what = ", ".join(f"{n} {k}" for k, n in bad.items())
+        where = getattr(a, "out", None) or getattr(a, "review", "")
+        if getattr(a, "allow_failures", False):
+            print(f"syphus {a.cmd}: {what} request(s) accepted (--allow-failures); details in {where}",
+                  file=sys.stderr)
+            return 0
+        print(f"syphus {a.cmd}: {what} request(s); see the *_failed/*_invalid files in {where}, rerun to retry "
+              "failed ones, or pass --allow-failures to accept them", file=sys.stderr)
+        return 1
     return 0
 
 

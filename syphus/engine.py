@@ -64,6 +64,30 @@ class _Limits:
             await self.tpm.acquire(min(need, self.tpm.max_rate))
 
 
+def enlarged(body: dict, factor: float) -> dict | None:
+    """The body with its completion budget multiplied by `factor`, or None when it sets no budget."""
+    for k in ("max_tokens", "max_completion_tokens"):
+        if body.get(k):
+            return {**body, k: int(body[k] * factor)}
+    return None
+
+
+async def _complete(client: ChatClient, body: dict, ep: Endpoint, limits: _Limits, rng: random.Random) -> Outcome:
+    """One request, retried on transient errors; a response cut by the token budget (finish_reason=length) is
+    asked once more with a budget `ep.retry.length_factor` times larger, since the same budget would cut it again.
+    The outcome keeps the original request's key; its tokens and cost include both calls."""
+    o = await _attempts(client, body, ep, limits, rng)
+    bigger = enlarged(body, ep.retry.length_factor) if o.status == "done" and o.finish_reason == "length" else None
+    if bigger is None or not ep.retry.length_factor > 1:
+        return o
+    log.debug("response cut at %s tokens; asking again with %s", body.get("max_tokens"), bigger.get("max_tokens"))
+    o2 = await _attempts(client, bigger, ep, limits, rng)
+    if o2.status != "done":   # keep the cut answer (recorded invalid later) rather than losing it
+        return o
+    return Outcome("done", o.attempts + o2.attempts, o2.response, o2.finish_reason, None,
+                   o.prompt_tokens + o2.prompt_tokens, o.completion_tokens + o2.completion_tokens, o.cost + o2.cost)
+
+
 async def _attempts(client: ChatClient, body: dict, ep: Endpoint, limits: _Limits, rng: random.Random) -> Outcome:
     last: RequestError | None = None
     for attempt in range(1, ep.retry.max_attempts + 1):
@@ -113,7 +137,7 @@ async def send_all(journal: Journal, todo: list[tuple[str, dict]], ep: Endpoint,
                 key, body = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            outcome = await _attempts(client, body, ep, limits, rng)
+            outcome = await _complete(client, body, ep, limits, rng)
             journal.record(key, outcome)
             if outcome.status == "done":
                 stats.done += 1

@@ -79,10 +79,12 @@ class FakeOpenAI:
 
     def __init__(self, latency: float = 0.0, fault_rate: float = 0.0, faults=FAULTS, seed: int = 0,
                  slow_s: float = 1.0, retry_after_ms: int = 20, api_key: str | None = None,
-                 poison: str | None = None, answer=default_answer):
+                 poison: str | None = None, answer=default_answer, full_answer_tokens: int | None = None):
         self.latency, self.fault_rate, self.faults, self.seed = latency, fault_rate, tuple(faults), seed
         self.slow_s, self.retry_after_ms, self.api_key, self.poison, self.answer = (
             slow_s, retry_after_ms, api_key, poison, answer)
+        # when set, requests whose max_tokens is below it get a cut answer with finish_reason=length
+        self.full_answer_tokens = full_answer_tokens
         self.seen = collections.Counter()       # request key -> times received
         self.answered = collections.Counter()   # request key -> complete 200 answers sent
         self.fault_counts = collections.Counter()
@@ -202,7 +204,8 @@ class FakeOpenAI:
             writer.transport.abort()
             return False
         else:
-            self._json(writer, 200, self._completion(body, key, truncate=fault == "length"))
+            short = self.full_answer_tokens is not None and int(body.get("max_tokens") or 0) < self.full_answer_tokens
+            self._json(writer, 200, self._completion(body, key, truncate=fault == "length" or short))
             self.answered[key] += 1
         await writer.drain()
         return True

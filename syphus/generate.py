@@ -22,13 +22,14 @@ from syphus.mimicit import atomic_write_text, write_instructions
 from syphus.parse import QA_SCHEMA, parse_pairs
 from syphus.prompt import PromptSpec
 from syphus.readers import read_annotations
+from syphus.sources import DEFAULT_FRAMES
 
 
 
-def plan(spec: PromptSpec, annotations: str | Path, gen: Gen, limit: int | None = None,
-         with_examples: bool = True):
-    """(item_id, seq, body, meta) for each annotation."""
-    queries = read_annotations(annotations, spec.reader)[:limit]
+def plan(spec: PromptSpec, annotations, gen: Gen, limit: int | None = None,
+         with_examples: bool = True, fmt: str | None = None, frames: int = DEFAULT_FRAMES):
+    """(item_id, seq, body, meta) for each annotation; `annotations` is one path or several (public formats)."""
+    queries = read_annotations(annotations, spec.reader, spec.code, fmt, frames)[:limit]
     as_json = gen.structured
     return [(q.item_id, seq, gen.body(spec.messages(q.text, as_json, with_examples), QA_SCHEMA if as_json else None),
              {"image_ids": q.image_ids, "query": q.text}) for seq, q in enumerate(queries)]
@@ -67,16 +68,18 @@ def write_outputs(journal: Journal, task: str, code: str, out_dir: Path, extra_m
     return summary
 
 
-def run_task(spec: PromptSpec, annotations: str | Path, out_dir: str | Path, gen: Gen, ep: Endpoint,
-             mode: Mode = Mode(), dry: bool = False, limit: int | None = None, show: int = 3) -> dict:
-    entries = plan(spec, annotations, gen, limit)
+def run_task(spec: PromptSpec, annotations, out_dir: str | Path, gen: Gen, ep: Endpoint,
+             mode: Mode = Mode(), dry: bool = False, limit: int | None = None, show: int = 3,
+             fmt: str | None = None, frames: int = DEFAULT_FRAMES) -> dict:
+    entries = plan(spec, annotations, gen, limit, fmt=fmt, frames=frames)
     if dry:
         return dry_run([(e[0], e[2]) for e in entries], ep, show)
     out_dir = Path(out_dir)
     t0 = time.time()
     with journaled_run(out_dir, spec.code, entries, ep, mode) as (journal, sent):
         return write_outputs(journal, spec.code, spec.code, out_dir, {
-            "model": gen.model, "base_url": ep.base_url, "prompt": str(spec.path), "annotations": str(annotations),
+            "model": gen.model, "base_url": ep.base_url, "prompt": str(spec.path),
+            "annotations": [str(p) for p in ([annotations] if isinstance(annotations, (str, Path)) else annotations)],
             "params": {"temperature": gen.temperature, "top_p": gen.top_p, "max_tokens": gen.max_tokens,
                        "structured": gen.structured, "batch": mode.batch},
             "this_run": {**sent, "wall_s": round(time.time() - t0, 3)}})

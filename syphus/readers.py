@@ -1,7 +1,8 @@
 """Annotation readers: one per MIMIC-IT source family, turning a visual annotation into the query text.
 
 Input files are JSON lists or JSON Lines of objects, each with an `id` and the family's fields (documented on
-each reader). A reader returns (text, image_ids); errors name the file, line and annotation id. To add a
+each reader), or the family's public files as published (converted to that list format by sources.py). A reader
+returns (text, image_ids); errors name the file, line or record, and the field. To add a
 family, register a function with `@reader("name")`, or point a prompt spec's `reader:` at "module:function".
 """
 
@@ -12,6 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from syphus.sources import DEFAULT_FRAMES, SourceError, public_records
 
 READERS: dict[str, Callable[[dict], tuple[str, list[str]]]] = {}
 
@@ -48,12 +51,20 @@ def _list(rec: dict, field: str) -> list:
 
 @reader("image_conversation")
 def image_conversation(rec):
-    """LA: {id, image_id, captions: [str], objects: [{label, bbox: [x, y, w, h]}] (optional)}."""
-    _need(rec, "image_id", "captions")
-    lines = ["Captions:"] + [f"- {c}" for c in _list(rec, "captions")]
+    """LA: {id, image_id, captions: [str], objects: [{label, bbox: [x, y, w, h]}] (optional),
+    conversation: [[speaker, text]] (optional; from LLaVA-Instruct, which may stand in for the captions)}."""
+    _need(rec, "image_id")
+    if not rec.get("captions") and not rec.get("conversation"):
+        raise AnnotationError("missing field(s) ['captions']")
+    lines = []
+    if rec.get("captions"):
+        lines += ["Captions:"] + [f"- {c}" for c in _list(rec, "captions")]
     if rec.get("objects"):
         lines.append("Objects (label: x, y, width, height):")
         lines += [f"- {o['label']}: {', '.join(str(round(v, 1)) for v in o['bbox'])}" for o in _list(rec, "objects")]
+    if rec.get("conversation"):
+        lines.append("Existing conversation about the image:")
+        lines += [f"{who}: {text}" for who, text in _list(rec, "conversation")]
     return "\n".join(lines), [rec["image_id"]]
 
 
@@ -92,14 +103,15 @@ def scene_navigation(rec):
 
 @reader("visual_story")
 def visual_story(rec):
-    """VST: {id, album_title, images: [{image_id, title, tags: [str]}]}."""
+    """VST: {id, album_title, images: [{image_id, title, tags: [str], text (optional story sentence)}]}."""
     _need(rec, "album_title", "images")
     lines, ids = [f"Album: {rec['album_title']}"], []
     for i, im in enumerate(_list(rec, "images"), 1):
         if "image_id" not in im:
             raise AnnotationError(f"images[{i - 1}] has no image_id")
         ids.append(im["image_id"])
-        lines.append(f"Photo {i}: {im.get('title', '')} (tags: {', '.join(im.get('tags', []))})")
+        lines.append(f"Photo {i}: {im.get('title', '')} (tags: {', '.join(im.get('tags', []))})"
+                     + (f" Story: {im['text']}" if im.get("text") else ""))
     return "\n".join(lines), ids
 
 
@@ -130,6 +142,11 @@ def egocentric_video(rec):
             raise AnnotationError("a clip has no description")
         lines.append(f"[{c.get('timestamp', '?')}] {c['description']} (objects: {', '.join(c.get('objects', []))})")
     return "\n".join(lines), _list(rec, "image_ids")
+
+
+BUILTIN_READERS = {"LA": "image_conversation", "SD": "spot_difference", "CGD": "general_difference",
+                   "SN": "scene_navigation", "VST": "visual_story", "DC": "dense_captions", "TVC": "tv_captions",
+                   "E4D": "egocentric_video"}
 
 
 def get_reader(name: str):
@@ -163,11 +180,27 @@ def load_records(path: str | Path) -> list[tuple[int, dict]]:
     return out
 
 
-def read_annotations(path: str | Path, reader_name: str) -> list[Query]:
+def read_annotations(paths, reader_name: str, code: str = "", fmt: str | None = None,
+                     frames: int = DEFAULT_FRAMES) -> list[Query]:
+    """Queries from one or more annotation files, in our list format or in the family's public formats
+    (sources.py; merged per record, image ids prefixed with `code`)."""
     fn = get_reader(reader_name)
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if not code:
+        code = {v: k for k, v in BUILTIN_READERS.items()}.get(reader_name, "X")
+    try:
+        public = public_records(paths, reader_name, code, fmt, frames)
+    except SourceError as e:
+        raise AnnotationError(str(e)) from None
+    if public is None:
+        if len(paths) != 1:
+            raise AnnotationError(f"our list format takes one annotations file, got {len(paths)}")
+        path = paths[0]
+        records = [(f"{path}:{n}", rec) for n, rec in load_records(path)]
+    else:
+        records = public
     queries, seen = [], set()
-    for n, rec in load_records(path):
-        where = f"{path}:{n}"
+    for where, rec in records:
         if not isinstance(rec, dict) or not rec.get("id"):
             raise AnnotationError(f"{where}: annotation without an 'id'")
         item_id = str(rec["id"])

@@ -52,6 +52,7 @@ class RetryPolicy:
     base_delay: float = 0.5
     max_delay: float = 30.0
     max_retry_after: float = 120.0
+    length_factor: float = 2.0   # a response cut by max_tokens is asked once more with this much larger a budget
 
     def delay(self, attempt: int, err: RequestError, rng: random.Random = random) -> float:
         """Wait before attempt `attempt + 1` (attempt counts from 1)."""

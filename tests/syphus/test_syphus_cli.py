@@ -94,7 +94,8 @@ def test_api_key_never_written(server, tmp_path):
     ann = dc_annotations(tmp_path / "a.jsonl", 20)
     out = tmp_path / "run"
     res = _run("run", "--task", "DC", "--annotations", ann, "--out", out, "--base-url", srv.base_url,
-               "--model", "fake-model", "--timeout", "0.2", "--max-attempts", "2", "--backoff", "0.01", "-v")
+               "--model", "fake-model", "--timeout", "0.2", "--max-attempts", "2", "--backoff", "0.01", "-v",
+               "--allow-failures")
     assert res.returncode == 0, res.stderr[-2000:]
     assert srv.unauthorized == 0 and sum(srv.answered.values()) > 0   # the key was sent, and accepted
     assert "failed" in res.stderr or "attempt" in res.stderr           # the logs did talk about errors
