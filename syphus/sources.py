@@ -315,7 +315,7 @@ def _tvcaption(data, path, code, frames):
             moments[vid].append((float(ts[0]), float(ts[1]), _field(d, "desc", f"{where} descs[{j}]", str).strip()))
     out = {}
     for vid, ms in moments.items():
-        ms.sort()
+        ms.sort(key=lambda m: (m[0], m[1]))   # temporal order; descriptions of one moment keep file order
         out[vid] = {"image_ids": frame_ids(code, vid, frames),
                     "descriptions": [f"({s:.1f}-{e:.1f}s) {d}" for s, e, d in ms], "video": vid, "span": None}
     return out
@@ -345,7 +345,7 @@ def _ego4d(data, path, code, frames):
             w = f"{where} {passes[0]}.narrations[{j}]"
             rows.append((float(_field(n, "timestamp_sec", w, (int, float))),
                          _narration_text(_field(n, "narration_text", w, str))))
-        rows.sort()
+        rows.sort(key=lambda r: r[0])
         windows = [(float(s["start_sec"]), float(s["end_sec"])) for s in p.get("summaries") or []
                    if isinstance(s, dict) and "start_sec" in s and "end_sec" in s]
         if not windows and rows:
