@@ -63,9 +63,10 @@ def _inspect(args) -> int:
         for d in m["datasets"]:
             make = loader.MakeExample(store, tok, cfg, d["group"])
             for q in store.queries(d["name"])[:args.episodes]:
-                ex = make.map((0, q))
-                if "_skip" in ex:
-                    print(f"[{d['name']}] skipped: {loader.REASONS[int(ex['_skip'])]}")
+                try:
+                    ex = make(int(q))
+                except loader.BadRecord as e:
+                    print(f"[{d['name']}] skipped: {e}")
                     continue
                 n = int(ex["attention_mask"].sum())
                 print(f"[{d['name']}] media={ex['media_mask'].astype(int).tolist()} "

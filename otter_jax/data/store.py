@@ -196,9 +196,19 @@ class Store:
             raise KeyError(f"{self.path}: no instruction {ins_id!r}")
         return self.instructions[i]
 
-    def queries(self, dataset: str) -> np.ndarray:
-        """Indices (into `instructions`) of the query records of one dataset."""
-        return np.load(self.path / "index" / f"queries_{dataset}.npy")
+    def queries(self, dataset: str, split: str = "train") -> np.ndarray:
+        """Indices (into `instructions`) of the query records of one dataset: "train", or "val" (the held-out
+        queries of a store built with `--val-fraction`)."""
+        if split == "val" and not self.val_fraction:
+            raise ValueError(f"{self.path} has no validation split: build it with `otter-jax data build "
+                             f"--val-fraction F`, or set config.data.eval_store")
+        return np.load(self.path / "index" / (f"queries_{dataset}.npy" if split == "train"
+                                              else f"queries_{dataset}.{split}.npy"))
+
+    @property
+    def val_fraction(self) -> float:
+        """Share of each dataset's queries held out for validation at build time (0: none)."""
+        return float(self.manifest.get("val_fraction", 0.0))
 
     @property
     def datasets(self) -> list[dict]:

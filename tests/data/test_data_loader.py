@@ -106,9 +106,12 @@ def test_lenient_skips_and_counts_loader_time_bad_records(bad_store, demo_tokeni
     cfg = dataclasses.replace(CFG, batch_size=2, num_epochs=2)
     it = loader.make_loader(bad_store, demo_tokenizer, cfg)
     batches = list(it)
-    assert len(batches) == 6  # 2 epochs x 6 good records / batch 2: never a crash, never a short batch
+    assert len(batches) == 8  # 2 epochs x 8 records / batch 2: never a crash, never a short or shifted batch
     total = np.sum([b["_skipped"] for b in batches], axis=0)
     assert total[REASONS.index("bad_image")] == 2 and total[REASONS.index("too_long")] == 2 and total.sum() == 4
+    empty = [r for b in batches for r in range(2) if (b["labels"][r] == -100).all()]
+    assert len(empty) == 4  # a skipped record leaves a row that supervises nothing, in its own slot
+    assert all(b["attention_mask"].sum(1).min() >= 1 for b in batches)  # no fully masked row (NaN-free attention)
     assert it.skips.counts == {"bad_image": 2, "too_long": 2}
     assert it.metrics()["data/skipped_bad_image"] == 2 and it.epoch == 1
     assert "I_trunc" in it.skips.report()  # the report names a record
@@ -118,9 +121,9 @@ def test_strict_raises_naming_record_and_file(bad_store, demo_tokenizer):
     store = Store(bad_store)
     make = loader.MakeExample(store, demo_tokenizer, dataclasses.replace(CFG, strict=True), "IMAGE_TEXT")
     with pytest.raises(BadRecord, match=r"bad_image: record 'I_trunc' in .*B_img\.json"):
-        make.map((0, store.instruction_index("Q_trunc")))
+        make(store.instruction_index("Q_trunc"))
     with pytest.raises(BadRecord, match=r"too_long: record 'Q_long' in .*B_ins\.json"):
-        make.map((0, store.instruction_index("Q_long")))
+        make(store.instruction_index("Q_long"))
     with pytest.raises(Exception, match="I_trunc|Q_long"):
         list(loader.make_loader(bad_store, demo_tokenizer, dataclasses.replace(CFG, strict=True, num_epochs=1)))
 
@@ -161,9 +164,76 @@ def test_global_arrays_on_eight_devices(demo_store, demo_tokenizer):
     cfg = dataclasses.replace(CFG, batch_size=8)
     host = next(loader.make_loader(demo_store, demo_tokenizer, cfg))
     batch = next(loader.make_loader(demo_store, demo_tokenizer, cfg, sharding=sharding))
-    assert set(batch) == set(loader.MODEL_KEYS) | {"_skipped", "_skip_examples", "_epoch"}
+    assert set(batch) == set(loader.MODEL_KEYS) | {"_skipped", "_skip_examples", "_epoch", "_step"}
     for k in loader.MODEL_KEYS:
         arr = batch[k]
         assert isinstance(arr, jax.Array) and arr.sharding == sharding and arr.shape == host[k].shape
         assert len(arr.addressable_shards) == 8 and arr.addressable_shards[0].data.shape[0] == 1
         np.testing.assert_array_equal(np.asarray(arr), host[k])
+
+
+def test_global_order_covers_each_group_once_per_epoch_and_ends_on_a_global_step():
+    groups = {"IMAGE_TEXT": np.arange(7) * 10, "TEXT_ONLY": np.arange(3) * 10 + 1, "VIDEO_TEXT": np.arange(5) * 10 + 2}
+    order = loader.GlobalOrder(groups, {g: len(v) for g, v in groups.items()}, global_batch=2, seed=5, num_epochs=3)
+    seen = {g: [] for g in groups}
+    for k in range(order.num_steps):
+        g, epoch, records = order.batch(k)
+        seen[g].extend(records.tolist())
+    ends = [len(seen[g]) + 2 > 3 * len(v) for g, v in groups.items()]
+    assert any(ends)  # the data ended because a group had no full window left
+    for g, v in groups.items():
+        for e in range(len(seen[g]) // len(v)):  # every complete epoch of a group is a permutation of it
+            assert sorted(seen[g][e * len(v):(e + 1) * len(v)]) == sorted(v.tolist())
+    with pytest.raises(IndexError, match="past the end"):
+        order.batch(order.num_steps)
+    # Random access equals sequential, from a fresh object (what a resumed run does).
+    fresh = loader.GlobalOrder(groups, {g: len(v) for g, v in groups.items()}, global_batch=2, seed=5, num_epochs=3)
+    for k in reversed(range(order.num_steps)):
+        a, b = order.batch(k), fresh.batch(k)
+        assert a[:2] == b[:2] and np.array_equal(a[2], b[2])
+    once = loader.GlobalOrder(groups, {}, global_batch=2, seed=5, once=True)
+    rows = np.concatenate([once.batch(k)[2] for k in range(once.num_steps)])
+    assert once.num_steps == 4 + 2 + 3 and sorted(rows[rows >= 0].tolist()) == sorted(np.concatenate(
+        list(groups.values())).tolist()) and (rows < 0).sum() == 3  # each record once, last windows padded
+
+
+def test_global_batches_do_not_depend_on_the_host_count(demo_store, demo_tokenizer):
+    """Unequal, odd group sizes: 2 or 4 hosts read exactly the rows of the 1-host global batches, end on the same
+    step, and a state saved on 1 host resumes on 2 hosts in the same global order."""
+    store = Store(demo_store)
+    odd = tuple((d["name"], 2 * i + 3) for i, d in enumerate(store.datasets))
+    base = dataclasses.replace(CFG, num_samples=odd, num_epochs=2, global_batch_size=4, num_threads=1)
+
+    def loaders(hosts):
+        return [loader.make_loader(store, demo_tokenizer, dataclasses.replace(
+            base, batch_size=4 // hosts, shard_index=h, shard_count=hosts)) for h in range(hosts)]
+
+    one = list(loaders(1)[0])
+    assert len(one) >= 4 and len({b["vision_x"].shape for b in one}) > 1  # several groups take turns
+    for hosts in (2, 4):
+        per_host = [list(it) for it in loaders(hosts)]
+        assert [len(p) for p in per_host] == [len(one)] * hosts  # the same epoch end on every host
+        for k, batch in enumerate(one):
+            for key in loader.MODEL_KEYS:
+                np.testing.assert_array_equal(np.concatenate([p[k][key] for p in per_host]), batch[key])
+    first = loaders(1)[0]
+    first_batches(first, 2)
+    state = json.loads(json.dumps(first.get_state()))
+    for h, it in enumerate(loaders(2)):
+        it.set_state(state)
+        rest = list(it)
+        assert len(rest) == len(one) - 2
+        for k, batch in enumerate(rest):
+            np.testing.assert_array_equal(batch["input_ids"], one[k + 2]["input_ids"][2 * h:2 * h + 2])
+
+
+def test_host_batch_is_checked_against_the_mesh_batch_axes(demo_store, demo_tokenizer):
+    import jax
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py)")
+    mesh = jax.make_mesh((4, 2), ("data", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    sharding = loader.batch_sharding(mesh)  # one process holds all 8 rows
+    with pytest.raises(ValueError, match="devices hold 8 rows of the batch split over mesh axes"):
+        loader.make_loader(demo_store, demo_tokenizer, dataclasses.replace(CFG, batch_size=4, global_batch_size=8),
+                           sharding=sharding)
