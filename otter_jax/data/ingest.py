@@ -277,13 +277,16 @@ def _read_spec_instructions(spec, counter: SkipCounter) -> Iterator[dict]:
 
 def _build_instructions(out: Path, specs, counter: SkipCounter, log) -> tuple[dict, dict]:
     images = store_lib.IdIndex(out / "index" / "images")
-    records: dict[str, dict] = {}
+    # Keyed by (dataset, id): ids are unique within a dataset, not across them, since upstream YAMLs list the
+    # same instructions file under several groups (e.g. IMAGE_TEXT and, with a train config, IN_CONTEXT).
+    records: dict[tuple[str, str], dict] = {}
     for spec in specs:
         n0 = len(records)
         for rec in _read_spec_instructions(spec, counter):
-            if rec["id"] in records:
+            key = (spec.name, rec["id"])
+            if key in records:
                 counter.skip(BadRecord("duplicate_id", rec["id"], rec["source"],
-                                       f"instruction id already read from {records[rec['id']]['source']}"))
+                                       f"instruction id already read from {records[key]['source']}"))
                 continue
             try:
                 if spec.group != "TEXT_ONLY" and not rec["image_ids"]:
@@ -295,33 +298,35 @@ def _build_instructions(out: Path, specs, counter: SkipCounter, log) -> tuple[di
                                     f"{missing[:3]}")
                 rec["image_index"] = [] if spec.group == "TEXT_ONLY" else index
                 rec["context_ids"] = [c for c in rec["context_ids"] if c != rec["id"]]
-                records[rec["id"]] = rec
+                records[key] = rec
             except BadRecord as e:
                 counter.skip(e)
         log(f"[instructions] {spec.name} ({spec.group}): read {len(records) - n0} records")
     # Drop records whose in-context examples are gone, until nothing changes (a dropped record may be context).
     while True:
-        dangling = [r for r in records.values() if any(c not in records for c in r["context_ids"])]
+        dangling = [(k, r) for k, r in records.items()
+                    if any((k[0], c) not in records for c in r["context_ids"])]
         if not dangling:
             break
-        for r in dangling:
-            gone = [c for c in r["context_ids"] if c not in records]
+        for k, r in dangling:
+            gone = [c for c in r["context_ids"] if (k[0], c) not in records]
             counter.skip(BadRecord("dangling_context", r["id"], r["source"], f"in-context ids not found: {gone[:3]}"))
-            del records[r["id"]]
+            del records[k]
     order = list(records)
-    position = {rid: i for i, rid in enumerate(order)}
+    position = {key: i for i, key in enumerate(order)}
 
     def generate():
         for i, rid in enumerate(order):
             r = records[rid]
             yield i, {k: r[k] for k in ("id", "dataset", "group", "instruction", "answer", "image_ids", "image_index",
                                         "context_ids", "task", "lang", "source")} | {
-                "context_index": [position[c] for c in r["context_ids"]]}
+                "context_index": [position[(rid[0], c)] for c in r["context_ids"]]}
 
     _clean_incomplete(out / "tfds", "mimicit_instructions")
     log(f"[instructions] writing {len(order)} records")
     store_lib.builder("instructions", out / "tfds", generate).download_and_prepare()
-    store_lib.write_id_index(out / "index" / "instructions", order)
+    # an id listed by several datasets resolves to its first dataset's record (the same file gives the same text)
+    store_lib.write_id_index(out / "index" / "instructions", [rid for _, rid in order])
     stats = {}
     for spec in specs:
         q = np.array([position[r] for r in order if records[r]["dataset"] == spec.name and records[r]["is_query"]],
