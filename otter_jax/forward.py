@@ -15,6 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", required=True, help=".npz with vision_x [B,T,F,3,H,W], input_ids, attention_mask")
     p.add_argument("--compare", help=".npz with reference `logits` (and `loss`) to compare against")
     p.add_argument("--save", help="write our logits (and loss) to this .npz")
+    p.add_argument("--tokenizer", help="with --from-torch: tokenizer folder for the special token ids when the "
+                                       "checkpoint has no tokenizer files (default: the original's rule)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     model, cfg = (checkpoint.load_model(args.checkpoint) if args.checkpoint
-                  else convert.load_torch_checkpoint(args.from_torch))
+                  else convert.load_torch_checkpoint(args.from_torch, tokenizer=args.tokenizer))
     inputs = dict(np.load(args.inputs))
     missing = [k for k in ("vision_x", "input_ids") if k not in inputs]
     if missing:

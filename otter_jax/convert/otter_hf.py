@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from typing import Collection, Mapping, Sequence
@@ -17,7 +18,7 @@ from flax import nnx
 from otter_jax import sharding as S
 from otter_jax.convert.keymaps import IGNORED_TORCH_SUFFIXES, Rule, RowPart, otter_rules
 from otter_jax.convert.torch_io import CheckpointError, TensorSource, atomic_dir_write, save_safetensors
-from otter_jax.models.config import ConfigError, OtterConfig, Policy
+from otter_jax.models.config import ConfigError, OtterConfig, Policy, SpecialTokens
 from otter_jax.models.layout import relayout
 from otter_jax.models.otter import Otter
 from otter_jax.tokens import find_special_tokens
@@ -26,7 +27,65 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "tokenizer.model")
 
 
-def read_config(src_dir: str) -> OtterConfig:
+log = logging.getLogger("otter_jax")
+
+# Base tokenizers of the released Otter models, matched against `text_config._name_or_path` (then model_type):
+# (name fragments, base size = len(tokenizer) before Otter's tokens, bos, eos, has a pad token).
+# LLaMA-1/2 and Vicuna: 32000 SentencePiece tokens, <s>=1, </s>=2, no pad. MPT-7B / MPT-1B-RedPajama use
+# EleutherAI's GPT-NeoX-20B tokenizer: 50277 tokens (len(tokenizer); its model vocab is padded to 50432),
+# <|endoftext|>=0 is bos = eos, and no pad token is set (its `<|padding|>` entry is not the pad_token).
+BASE_TOKENIZERS = (
+    (("mpt", "neox", "redpajama"), "GPT-NeoX-20B (MPT)", 50277, 0, 0, False),
+    (("llama", "vicuna", "alpaca"), "LLaMA", 32000, 1, 2, False),
+)
+MODEL_TYPE_DEFAULT = {"mpt": "mpt", "llama": "llama"}
+
+
+def original_rule_tokens(text_config: dict, model_type: str, source: str = "") -> SpecialTokens:
+    """The ids the original's constructor gives when it rebuilds the tokenizer from the base model (its
+    save_pretrained writes no tokenizer files): `<|endofchunk|>`, `<image>`, `<answer>` appended to the base
+    tokenizer, then `<PAD>` when the base has no pad token. Logs a warning naming the rule and the base."""
+    name = str(text_config.get("_name_or_path") or "")
+    entry = next((e for e in BASE_TOKENIZERS if any(f in name.lower() for f in e[0])), None)
+    how = f"text_config._name_or_path {name!r}"
+    if entry is None:
+        frag = MODEL_TYPE_DEFAULT.get(model_type)
+        entry = next((e for e in BASE_TOKENIZERS if frag in e[0]), None)
+        how = f"text model type {model_type!r}"
+    if entry is None:
+        raise CheckpointError(f"{source}: no tokenizer files, and no known base tokenizer for {how}; "
+                              "pass the base model's tokenizer folder (--tokenizer DIR / tokenizer=)")
+    _, label, n, bos, eos, has_pad = entry
+    vocab = int(text_config.get("vocab_size") or 0)
+    last = n + (2 if has_pad else 3)
+    if vocab and last >= vocab:
+        raise CheckpointError(f"{source}: the original's token rule on the {label} tokenizer ({n} tokens) gives ids "
+                              f"up to {last}, beyond the model's vocab_size {vocab}; pass --tokenizer DIR")
+    bos = int(text_config["bos_token_id"]) if text_config.get("bos_token_id") is not None else bos
+    eos = int(text_config["eos_token_id"]) if text_config.get("eos_token_id") is not None else eos
+    tokens = SpecialTokens(endofchunk=n, media=n + 1, answer=n + 2, pad=None if has_pad else n + 3, bos=bos, eos=eos)
+    log.warning("%s: no tokenizer files; special token ids from the original's rule on the %s base tokenizer (from "
+                "%s, %d tokens): <|endofchunk|>=%d, <image>=%d, <answer>=%d%s. Pass --tokenizer DIR if the base "
+                "tokenizer differs", source, label, how, n, n, n + 1, n + 2, "" if has_pad else f", <PAD>={n + 3}")
+    return tokens
+
+
+def tokens_from_tokenizer(tokenizer_dir: str) -> SpecialTokens:
+    """Ids from a tokenizer folder: an Otter one (tokens present) or the base model's (tokens added as the
+    original does, so the ids are those the original model was trained with)."""
+    from otter_jax.data.tokenizer import load_tokenizer, special_ids
+
+    try:
+        sp = special_ids(load_tokenizer(tokenizer_dir))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{tokenizer_dir}: cannot load the tokenizer ({e})") from None
+    return SpecialTokens(media=sp.media, endofchunk=sp.endofchunk, answer=sp.answer, pad=sp.pad, bos=sp.bos,
+                         eos=sp.eos)
+
+
+def read_config(src_dir: str, tokenizer: str | None = None) -> OtterConfig:
+    """The model config with its special token ids: from `tokenizer` (a folder) when given, else from the
+    checkpoint's tokenizer files, else from the original's rule on the base tokenizer (with a warning)."""
     path = os.path.join(src_dir, "config.json")
     if not os.path.exists(path):
         raise CheckpointError(f"{src_dir}: no config.json")
@@ -36,7 +95,15 @@ def read_config(src_dir: str) -> OtterConfig:
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path}: invalid JSON ({e})") from e
     cfg = OtterConfig.from_hf_dict(d, source=path)
-    tokens = find_special_tokens(src_dir, d.get("text_config"))
+    if tokenizer:
+        tokens = tokens_from_tokenizer(tokenizer)
+    else:
+        tokens = find_special_tokens(src_dir, d.get("text_config"))
+        if tokens is None:
+            tokens = original_rule_tokens(d.get("text_config") or {}, cfg.text_model_type, src_dir)
+    if max(tokens.media, tokens.endofchunk, tokens.answer) >= cfg.text.vocab_size:
+        raise CheckpointError(f"{src_dir}: special token ids {dataclasses.asdict(tokens)} do not fit the model's "
+                              f"vocab_size {cfg.text.vocab_size}")
     return dataclasses.replace(cfg, tokens=tokens)
 
 
@@ -118,13 +185,16 @@ def arrays_to_torch(arrays: Mapping[str, np.ndarray], cfg: OtterConfig,
     return out
 
 
-def load_torch_checkpoint(path: str, policy: Policy = Policy(), mesh=None, rules: S.Rules = S.DEFAULT_RULES
-                          ) -> tuple[Otter, OtterConfig]:
+def load_torch_checkpoint(path: str, policy: Policy = Policy(), mesh=None, rules: S.Rules = S.DEFAULT_RULES,
+                          tokenizer: str | None = None) -> tuple[Otter, OtterConfig]:
     """Load an Otter checkpoint directory in the original HF layout.
 
-    With `mesh`, every parameter goes straight from the file to its shards on the mesh.
+    With `mesh`, every parameter goes straight from the file to its shards on the mesh. Special token ids come
+    from `tokenizer` (a folder), the checkpoint's tokenizer files, or the original's rule (see read_config).
     """
-    cfg = read_config(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: checkpoint folder does not exist")
+    cfg = read_config(path, tokenizer)
     abstract = abstract_model(cfg, policy)
     source = TensorSource(path)
     arrays = torch_to_arrays(source, cfg, param_shapes(abstract), source_name=path)
