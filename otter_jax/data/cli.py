@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="store folder")
     p.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
     p.add_argument("--chunk-items", type=int, default=1000, help="images per resumable staging chunk")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="hold this share of each dataset's queries out of training as the store's validation split "
+                        "(drawn by id; the trainer reports its loss)")
     p = sub.add_parser("inspect", help="summarise a store, or show records / decoded episodes")
     p.add_argument("store", help="store folder")
     p.add_argument("--id", action="append", default=[], help="instruction or image id to show (repeatable)")
@@ -41,7 +44,7 @@ def _inspect(args) -> int:
     print(f"store {store.path}: {m['n_instructions']} instructions, {m['n_images']} images")
     for d in m["datasets"]:
         print(f"  {d['group']:<22} {d['name']:<20} instructions={d['n_instructions']:<7} queries={d['n_queries']:<7}"
-              f" num_samples={d['num_samples']}")
+              f" val={d.get('n_val', 0):<5} num_samples={d['num_samples']}")
     print(f"  skipped at ingestion: {m['skipped'] or 'none'}")
     for rid in args.id:
         if store.instruction_index(rid) is not None:
@@ -86,6 +89,7 @@ def run(args) -> int:
     if args.data_command == "build":
         from otter_jax.data.ingest import build_store
 
-        m = build_store(args.yaml, args.out, strict=args.strict, chunk_items=args.chunk_items)
+        m = build_store(args.yaml, args.out, strict=args.strict, chunk_items=args.chunk_items,
+                        val_fraction=args.val_fraction)
         return 0 if m else 1
     return _inspect(args)

@@ -30,9 +30,12 @@ def _atomic_write_json(path: Path, value) -> None:
     os.replace(tmp, path)
 
 
-def _config_hash(specs: list[mimicit.DatasetSpec]) -> str:
-    """Identity of a build: the resolved dataset specs plus each source file's size and mtime."""
+def _config_hash(specs: list[mimicit.DatasetSpec], val_fraction: float = 0.0) -> str:
+    """Identity of a build: the resolved dataset specs plus each source file's size and mtime (and the validation
+    fraction when there is one)."""
     h = hashlib.sha256()
+    if val_fraction:
+        h.update(f"val_fraction={val_fraction!r}".encode())
     for spec in specs:
         h.update(json.dumps(spec.__dict__, sort_keys=True).encode())
         for p in (spec.mimicit_path, spec.images_path, spec.train_config_path, spec.tfrecord_path):
@@ -275,7 +278,26 @@ def _read_spec_instructions(spec, counter: SkipCounter) -> Iterator[dict]:
                 counter.skip(e)
 
 
-def _build_instructions(out: Path, specs, counter: SkipCounter, log) -> tuple[dict, dict]:
+def held_out(record_id: str, fraction: float) -> bool:
+    """A stable draw per id (blake2b of the id): a record stays held out whatever else the store holds."""
+    h = int.from_bytes(hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest(), "big")
+    return h < fraction * 2.0**64
+
+
+def split_queries(records: dict[str, dict], fraction: float) -> set[str]:
+    """Ids of the validation queries: a `fraction` of the queries drawn by id, minus any that a training query
+    uses as an in-context example (its answer would be trained on)."""
+    val = {rid for rid, r in records.items() if r["is_query"] and held_out(rid, fraction)}
+    while True:
+        in_context = {c for rid, r in records.items() if r["is_query"] and rid not in val for c in r["context_ids"]}
+        moved = val & in_context
+        if not moved:
+            return val
+        val -= moved
+
+
+def _build_instructions(out: Path, specs, counter: SkipCounter, log, val_fraction: float = 0.0
+                        ) -> tuple[dict, dict]:
     images = store_lib.IdIndex(out / "index" / "images")
     # Keyed by (dataset, id): ids are unique within a dataset, not across them, since upstream YAMLs list the
     # same instructions file under several groups (e.g. IMAGE_TEXT and, with a train config, IN_CONTEXT).
@@ -328,21 +350,29 @@ def _build_instructions(out: Path, specs, counter: SkipCounter, log) -> tuple[di
     # an id listed by several datasets resolves to its first dataset's record (the same file gives the same text)
     store_lib.write_id_index(out / "index" / "instructions", [rid for _, rid in order])
     stats = {}
+    val = split_queries(records, val_fraction) if val_fraction > 0 else set()
     for spec in specs:
-        q = np.array([position[r] for r in order if records[r]["dataset"] == spec.name and records[r]["is_query"]],
-                     dtype=np.int64)
+        queries = [r for r in order if records[r]["dataset"] == spec.name and records[r]["is_query"]]
+        q = np.array([position[r] for r in queries if r not in val], dtype=np.int64)
         np.save(out / "index" / f"queries_{spec.name}.npy", q)
         stats[spec.name] = {"n_instructions": sum(1 for r in order if records[r]["dataset"] == spec.name),
                             "n_queries": int(len(q))}
+        if val_fraction > 0:
+            v = np.array([position[r] for r in queries if r in val], dtype=np.int64)
+            np.save(out / "index" / f"queries_{spec.name}.val.npy", v)
+            stats[spec.name]["n_val"] = int(len(v))
     return stats, {"n_instructions": len(order), "n_images": len(images)}
 
 
 def build_store(yaml_path: str | os.PathLike, out: str | os.PathLike, strict: bool = False,
-                chunk_items: int = 1000, log: Callable[[str], None] = print) -> dict:
-    """Convert the datasets of a data YAML into a store at `out`; returns the manifest. Safe to rerun."""
+                chunk_items: int = 1000, log: Callable[[str], None] = print, val_fraction: float = 0.0) -> dict:
+    """Convert the datasets of a data YAML into a store at `out`; returns the manifest. Safe to rerun.
+    `val_fraction` > 0 holds that share of each dataset's queries out of training (the store's "val" split)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     out = Path(out)
     specs = mimicit.read_data_yaml(yaml_path)
-    config_hash = _config_hash(specs)
+    config_hash = _config_hash(specs, val_fraction)
     manifest_path = out / store_lib.MANIFEST
     build_json = out / "build.json"
     for p in (manifest_path, build_json):
@@ -356,7 +386,7 @@ def build_store(yaml_path: str | os.PathLike, out: str | os.PathLike, strict: bo
     _atomic_write_json(build_json, {"config_hash": config_hash, "yaml": str(Path(yaml_path).resolve())})
     counter = SkipCounter(strict, "records")
     _build_images(out, specs, counter, chunk_items, log)
-    stats, totals = _build_instructions(out, specs, counter, log)
+    stats, totals = _build_instructions(out, specs, counter, log, val_fraction)
     manifest = {
         "version": store_lib.STORE_VERSION, "config_hash": config_hash, "yaml": str(Path(yaml_path).resolve()),
         "datasets": [{"name": s.name, "group": s.group, "num_samples": s.num_samples,
@@ -364,7 +394,10 @@ def build_store(yaml_path: str | os.PathLike, out: str | os.PathLike, strict: bo
                       "sources": [p for p in (s.mimicit_path, s.images_path, s.train_config_path, s.tfrecord_path)
                                   if p]} for s in specs],
         **totals, "skipped": dict(sorted(counter.counts.items())), "skip_examples": counter.examples,
+        "val_fraction": val_fraction,
     }
     _atomic_write_json(manifest_path, manifest)
-    log(f"{out}: {totals['n_instructions']} instructions, {totals['n_images']} images; {counter.report()}")
+    held = sum(d.get("n_val", 0) for d in stats.values())
+    log(f"{out}: {totals['n_instructions']} instructions, {totals['n_images']} images"
+        + (f", {held} validation queries held out" if val_fraction else "") + f"; {counter.report()}")
     return manifest

@@ -6,12 +6,15 @@ Layout of a store folder:
                                        in-context examples, resolved at ingestion so the loader never searches
   index/{images,instructions}_{ids,pos}.npy  sorted ids + positions, memory-mapped, for lookups by id (`inspect`, tests)
   index/queries_<dataset>.npy          indices of each dataset's query records (the train-config keys)
+  index/queries_<dataset>.val.npy      held-out queries (`data build --val-fraction F`), never in the training split
   manifest.json                        datasets, groups, counts, skip report; written last = store complete
+The read side goes through etils.epath (and TFDS's own file layer), so a store can sit on a bucket (gs://).
 Both TFDS builders use `disable_shuffling=True`, so a record's index is its generation order; ingestion relies on
 that to resolve ids to indices before writing.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import threading
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+from etils import epath
 
 MANIFEST = "manifest.json"
 STORE_VERSION = 1
@@ -92,12 +96,19 @@ def write_id_index(path: Path, ids: list[str]) -> None:
         os.replace(tmp, path.with_name(path.name + suffix))
 
 
+def load_npy(path: epath.Path | Path, mmap: bool = False) -> np.ndarray:
+    """np.load of a local file (memory-mapped if asked) or of a remote one (read whole)."""
+    if "://" not in os.fspath(path):
+        return np.load(os.fspath(path), mmap_mode="r" if mmap else None)
+    return np.load(io.BytesIO(epath.Path(path).read_bytes()))
+
+
 class IdIndex:
     """id -> record index by binary search over a memory-mapped sorted array (RSS stays flat in store size)."""
 
-    def __init__(self, path: Path):
-        self.ids = np.load(path.with_name(path.name + "_ids.npy"), mmap_mode="r")
-        self.pos = np.load(path.with_name(path.name + "_pos.npy"), mmap_mode="r")
+    def __init__(self, path: epath.Path | Path):
+        self.ids = load_npy(path.with_name(path.name + "_ids.npy"), mmap=True)
+        self.pos = load_npy(path.with_name(path.name + "_pos.npy"), mmap=True)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -139,7 +150,7 @@ class Store:
     """Read side of a finished store. Picklable (reopens its files lazily), so grain workers can hold it."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        self.path = epath.Path(path)
         manifest = self.path / MANIFEST
         if not manifest.exists():
             raise FileNotFoundError(f"{self.path} is not a finished store (no {MANIFEST}); run `otter-jax data build`")
@@ -166,7 +177,7 @@ class Store:
 
     def tfds_source(self, kind: str):
         """The TFDS data source (`tfds.data_source` API) of 'images' or 'instructions'."""
-        return builder(kind, self.path / "tfds").as_data_source("train")
+        return builder(kind, os.fspath(self.path / "tfds")).as_data_source("train")
 
     @property
     def images(self) -> ExampleRecords:
@@ -202,8 +213,8 @@ class Store:
         if split == "val" and not self.val_fraction:
             raise ValueError(f"{self.path} has no validation split: build it with `otter-jax data build "
                              f"--val-fraction F`, or set config.data.eval_store")
-        return np.load(self.path / "index" / (f"queries_{dataset}.npy" if split == "train"
-                                              else f"queries_{dataset}.{split}.npy"))
+        return load_npy(self.path / "index" / (f"queries_{dataset}.npy" if split == "train"
+                                               else f"queries_{dataset}.{split}.npy"))
 
     @property
     def val_fraction(self) -> float:

@@ -29,17 +29,37 @@ def tokenizer_and_tokens(c: ml_collections.ConfigDict, vocab_size: int):
 
     if not c.data.tokenizer:
         raise TrainConfigError("config.data.tokenizer is empty: set it to the HF tokenizer folder of the data")
-    import os
+    from etils import epath
 
-    if not os.path.isdir(c.data.tokenizer):
+    if not epath.Path(c.data.tokenizer).is_dir():
         raise TrainConfigError(f"config.data.tokenizer={c.data.tokenizer!r}: no such folder")
-    tok = load_tokenizer(c.data.tokenizer)
+    tok = load_tokenizer(local_dir(c.data.tokenizer))
     if len(tok) > vocab_size:
         raise TrainConfigError(f"config.model.text_config.vocab_size={vocab_size} is smaller than the tokenizer "
                                f"{c.data.tokenizer} ({len(tok)} tokens)")
     sp = special_ids(tok)
     return tok, SpecialTokens(media=sp.media, endofchunk=sp.endofchunk, answer=sp.answer, pad=sp.pad, bos=sp.bos,
                               eos=sp.eos)
+
+
+def local_dir(path: str) -> str:
+    """A local folder with the files of `path` (itself when local; a per-process cached copy of a gs:// or other
+    remote folder, for readers such as HF tokenizers that only open local files)."""
+    import hashlib
+    import os
+    import tempfile
+
+    from etils import epath
+
+    if "://" not in path:
+        return path
+    local = os.path.join(tempfile.gettempdir(), "otter-jax-remote", hashlib.sha256(path.encode()).hexdigest()[:16])
+    os.makedirs(local, exist_ok=True)
+    for f in epath.Path(path).iterdir():
+        if f.is_file():
+            with open(os.path.join(local, f.name), "wb") as fh:
+                fh.write(f.read_bytes())
+    return local
 
 
 def host_batch_size(c: ml_collections.ConfigDict) -> int:
@@ -50,25 +70,29 @@ def host_batch_size(c: ml_collections.ConfigDict) -> int:
     return c.train.global_batch_size // n
 
 
-def loader_config(c: ml_collections.ConfigDict, seed: int, num_epochs: int | None = None):
+def loader_config(c: ml_collections.ConfigDict, seed: int, num_epochs: int | None = None, split: str = "train",
+                  once: bool = False):
+    """The loader settings of config.data; the global batch is config.train.global_batch_size whatever the number
+    of processes (each reads its rows), so the data order does not depend on it."""
     from otter_jax.data.loader import LoaderConfig
 
     d = c.data
-    return LoaderConfig(batch_size=host_batch_size(c), max_seq_len=d.max_seq_len, image_size=d.image_size,
-                        resize=d.resize, resampler=d.resampler, max_media=d.max_media, num_frames=d.num_frames,
-                        seed=seed,
-                        num_epochs=num_epochs, group_weights=parse_group_weights(d.group_weights), strict=d.strict,
-                        num_threads=d.num_threads, num_workers=d.num_workers)
+    return LoaderConfig(batch_size=host_batch_size(c), global_batch_size=c.train.global_batch_size,
+                        max_seq_len=d.max_seq_len, image_size=d.image_size, resize=d.resize, resampler=d.resampler,
+                        max_media=d.max_media, num_frames=d.num_frames, seed=seed, num_epochs=num_epochs,
+                        group_weights=parse_group_weights(d.group_weights), strict=d.strict,
+                        num_threads=d.num_threads, num_workers=d.num_workers, split=split, once=once)
 
 
-def _store(path: str, key: str) -> str:
-    import os
+def _store(path: str, key: str):
+    from otter_jax.data.store import Store
 
     if not path:
         raise TrainConfigError(f"config.{key} is empty: set it to a store folder from `otter-jax data build`")
-    if not os.path.exists(os.path.join(path, "manifest.json")):
-        raise TrainConfigError(f"config.{key}={path!r}: not a complete store (no manifest.json)")
-    return path
+    try:
+        return Store(path)
+    except FileNotFoundError:
+        raise TrainConfigError(f"config.{key}={path!r}: not a complete store (no manifest.json)") from None
 
 
 def train_batches(c: ml_collections.ConfigDict, tokenizer, tokens: SpecialTokens, sharding: NamedSharding,
@@ -84,22 +108,46 @@ def train_batches(c: ml_collections.ConfigDict, tokenizer, tokens: SpecialTokens
         if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
             flags.FLAGS.mark_as_parsed()
     store = _store(c.data.store, "data.store")
-    return loader.make_loader(store, tokenizer, loader_config(c, c.data.seed), sharding=sharding)
+    try:
+        return loader.make_loader(store, tokenizer, loader_config(c, c.data.seed), sharding=sharding)
+    except ValueError as e:
+        raise TrainConfigError(f"config.data.store={c.data.store!r}, config.train.global_batch_size="
+                               f"{c.train.global_batch_size}: {e}") from None
 
 
 def eval_batches(c: ml_collections.ConfigDict, tokenizer, tokens: SpecialTokens, sharding: NamedSharding,
-                 vocab_size: int) -> list[dict]:
-    """The fixed validation set: the first `train.eval_batches` batches of the eval store (seed + 1), or synthetic
-    batches of another seed. The same batches every time, so validation losses are comparable across steps."""
+                  vocab_size: int) -> list[dict]:
+    """The fixed validation set, the same batches every time so that validation losses compare across steps: up to
+    `train.eval_batches` batches holding each held-out example once (padded rows supervise nothing), from
+    config.data.eval_store, else the store's validation split (`data build --val-fraction`). A store without one
+    falls back to training examples of another seed, with a warning: that loss is not a held-out loss."""
+    import logging
+
     n = c.train.eval_batches
     if c.data.source == "synthetic":
         it: Iterator = SyntheticBatches(c, tokens, sharding, vocab_size, seed=c.data.seed + 1)
-    else:
-        from otter_jax.data import loader
+        return [next(it) for _ in range(n)]
+    from otter_jax.data import loader
 
-        store = _store(c.data.eval_store or c.data.store, "data.eval_store" if c.data.eval_store else "data.store")
+    if c.data.eval_store:
+        store, split = _store(c.data.eval_store, "data.eval_store"), "train"
+    else:
+        store = _store(c.data.store, "data.store")
+        split = "val" if store.val_fraction > 0 else "train"
+    if split == "train" and not c.data.eval_store:
+        logging.getLogger(__name__).warning(
+            "validation loss on TRAINING examples: %s has no validation split (build it with `otter-jax data build "
+            "--val-fraction F`, or set config.data.eval_store)", c.data.store)
         it = loader.make_loader(store, tokenizer, loader_config(c, c.data.seed + 1), sharding=sharding)
-    return [next(it) for _ in range(n)]
+    else:
+        it = loader.make_loader(store, tokenizer, loader_config(c, c.data.seed + 1, split=split, once=True),
+                                sharding=sharding)
+    out = []
+    for batch in it:
+        out.append(batch)
+        if len(out) == n:
+            break
+    return out
 
 
 class SyntheticBatches(grain.DatasetIterator):
@@ -156,6 +204,8 @@ class SyntheticBatches(grain.DatasetIterator):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
+
+    global_state, set_global_state = get_state, set_state  # row r of step s is the same for any process count
 
 
 def drop_bookkeeping(batch: dict) -> dict:

@@ -1,8 +1,9 @@
 """The training loop: set up (distributed, mesh, state, data), resume, step, report, validate, checkpoint, and stop
-cleanly on SIGTERM (preemption) after saving.
+cleanly on preemption (SIGTERM, a maintenance notice) after saving.
 
-Exact resume: the checkpoint holds the whole train state (weights, AdamW moments, step count) and the data
-iterator's position, and a resumed run compiles the same step, so it continues bit-for-bit (on CPU).
+Exact resume: the checkpoint holds the whole train state (weights, AdamW moments, step count) and the global data
+position, and a resumed run compiles the same step, so it continues bit-for-bit (on CPU); on another number of
+processes it continues the same global data order.
 """
 from __future__ import annotations
 
@@ -40,35 +41,39 @@ class Result:
     model_dir: str | None = None  # the exported model checkpoint (single-process runs on a local disk)
 
 
-class StopSignal:
-    """SIGTERM sets a flag; the loop saves and exits at the next step boundary. With several processes the
-    flag is agreed on (any process stopping stops all) every `every` steps, so all save the same step."""
+class Preemption:
+    """Whether to save and stop after this step. Several processes: jax's preemption sync point, asked every step;
+    a SIGTERM or a TPU maintenance notice on any host makes every host answer True at the same step. One process
+    without jax.distributed: a SIGTERM handler sets a flag read at the next step."""
 
-    def __init__(self, every: int):
-        self.every, self.flag = max(every, 1), False
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
+    def __init__(self):
+        from jax._src import distributed as jax_distributed
+
+        self.sync = jax_distributed.global_state.client is not None
+        self.flag, self.previous = False, None
+        if not self.sync:  # with jax.distributed, its own notifier owns SIGTERM
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         log.warning("SIGTERM received: saving a checkpoint and stopping after the current step")
         self.flag = True
 
     def should_stop(self, step: int) -> bool:
-        if jax.process_count() == 1:
-            return self.flag
-        if step % self.every:
-            return False
-        from jax.experimental import multihost_utils
+        if self.sync:
+            from jax.experimental import multihost_utils
 
-        return bool(np.max(multihost_utils.process_allgather(np.int32(self.flag))))
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.flag
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self.previous)
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def train(c: ml_collections.ConfigDict) -> Result:
     """Run (or resume) the training described by a complete config (`otter_jax.train.config.load`)."""
     distributed.initialize(c.distributed)
-    workdir = c.workdir if "://" in c.workdir else os.path.abspath(c.workdir)  # gs:// etc. stay as given
+    workdir = c.workdir if "://" in c.workdir else os.path.abspath(c.workdir)  # gs://, memory:// stay as given
     main = jax.process_index() == 0
     mesh = S.make_mesh(**dict(c.mesh))
     rules = C.parse_rules(c.rules)
@@ -92,7 +97,7 @@ def train(c: ml_collections.ConfigDict) -> Result:
                                  f"{dp}-way batch split of mesh {dict(mesh.shape)}")
     batches = data.train_batches(c, tokenizer, tokens, batch_sharding, cfg.text.vocab_size)
 
-    ckpt = (Checkpoints(os.path.join(workdir, "checkpoints"), c.checkpoint.every, c.checkpoint.keep,
+    ckpt = (Checkpoints(_join(workdir, "checkpoints"), c.checkpoint.every, c.checkpoint.keep,
                         c.checkpoint.async_save) if c.checkpoint.enabled else None)
     start = 0
     if ckpt is not None and ckpt.steps():
@@ -114,12 +119,13 @@ def train(c: ml_collections.ConfigDict) -> Result:
     peak = c.train.peak_flops or flops.device_peak_flops(jax.devices()[0], policy.dtype)
     step_flops = memo_by_shape(lambda shapes: flops.train_flops(
         cfg, shapes[1][0], shapes[1][1], shapes[0][1], shapes[0][2], c.train.train_lm, c.train.train_vision))
-    tb_dir = os.path.join(workdir, "tensorboard")
+    tb_dir = _join(workdir, "tensorboard")
     reporter = Reporter(tb_dir, c.train.steps, c.train.global_batch_size, peak, jax.device_count(),
                         c.train.progress)
-    stop = StopSignal(c.train.log_every)
+    stop = Preemption()
     result = Result(workdir, ckpt.directory if ckpt else None, tb_dir, start, start, {}, {})
-    meta = {"config": json.loads(c.to_json_best_effort()), "process_count": jax.process_count()}
+    meta = {"config": json.loads(c.to_json_best_effort()), "process_count": jax.process_count(),
+            "tokens": dataclasses.asdict(cfg.tokens) if cfg.tokens else None}
 
     def evaluate(step: int) -> None:
         nonlocal eval_set
@@ -167,7 +173,7 @@ def train(c: ml_collections.ConfigDict) -> Result:
                     result.losses[row["step"]] = row["loss"]
                 save(step, force=True)
                 result.preempted = True
-                log.warning("stopped at step %d after SIGTERM; checkpoint saved", step)
+                log.warning("preempted: stopped at step %d; checkpoint saved", step)
                 break
             save(step)
         if not result.preempted:
@@ -187,30 +193,51 @@ def train(c: ml_collections.ConfigDict) -> Result:
     result.last_step = step
     ts.state = state
     result.state = ts
-    if not result.preempted and jax.process_count() == 1 and "://" not in workdir:
-        result.model_dir = export_model(ts, os.path.join(workdir, "model"), c.data.get("tokenizer") or None)
+    if not result.preempted:
+        result.model_dir = export_model(ts, _join(workdir, "model"), c.data.get("tokenizer") or None)
     if main:
         where = f"checkpoints in {result.checkpoint_dir}" if ckpt is not None else "checkpoints disabled"
-        print(f"done at step {step}: {where}, TensorBoard: tensorboard --logdir {tb_dir}", flush=True)
+        if result.preempted:
+            print(f"preempted at step {step}: checkpoint {result.checkpoint_dir}/{step} saved; run the same command "
+                  f"to resume", flush=True)
+        else:
+            print(f"done at step {step}: {where}, TensorBoard: tensorboard --logdir {tb_dir}", flush=True)
         if result.model_dir:
             print(f"model (for otter-jax generate / eval / convert --to-torch): {result.model_dir}", flush=True)
     return result
 
 
+def _join(base: str, *parts: str) -> str:
+    from etils import epath
+
+    return os.fspath(epath.Path(base).joinpath(*parts))
+
+
 def export_model(ts: "ST.TrainState", model_dir: str, tokenizer_dir: str | None) -> str:
-    """The trained model alone as an otter-jax model checkpoint (replacing an earlier export)."""
-    import shutil
+    """The trained model alone as an otter-jax model checkpoint, replacing an earlier export. A collective call:
+    with several processes every one writes its own shards (`checkpoint.save_model`)."""
+    from etils import epath
 
     from otter_jax import checkpoint
 
     model, _ = ts.merge()
-    old = model_dir + ".old"
-    if os.path.exists(model_dir):
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(model_dir, old)
+    target, old = epath.Path(model_dir), epath.Path(model_dir + ".old")
+    if jax.process_index() == 0 and target.exists():
+        if old.exists():
+            old.rmtree()
+        target.rename(old)
+    _sync("otter_jax_export_model_prepared")
     checkpoint.save_model(model, ts.cfg, model_dir, tokenizer_dir=tokenizer_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    if jax.process_index() == 0 and old.exists():
+        old.rmtree()
     return model_dir
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _check_resume(meta: dict, c: ml_collections.ConfigDict) -> None:
@@ -228,6 +255,6 @@ def _check_resume(meta: dict, c: ml_collections.ConfigDict) -> None:
         if diff:
             log.warning("resuming with changed config.%s keys: %s", section, ", ".join(diff))
     if meta.get("process_count") not in (None, jax.process_count()):
-        log.warning("checkpoint written by %s processes, resuming with %d: data order changes",
-                    meta.get("process_count"), jax.process_count())
+        log.info("checkpoint written by %s processes, resuming with %d: the global data order continues",
+                 meta.get("process_count"), jax.process_count())
 
