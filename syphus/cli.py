@@ -1,4 +1,4 @@
-"""Command line: `syphus run | translate | mm-instruct | cold-start | export`.
+"""Command line: `syphus run | translate | mm-instruct | cold-start | frames | export`.
 
 The API key is read from the environment variable named by --api-key-env (default OPENAI_API_KEY) and is
 never printed, journaled or written to outputs. Every error that names a bad file, record or key exits with
@@ -107,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--in-place", action="store_true", help="overwrite the spec file itself")
     _common(c)
 
+    f = sub.add_parser("frames", help="videos -> MIMIC-IT images parquet, N frames per video or annotated clip")
+    f.add_argument("--videos", required=True, help="folder of video files named by video id (<id>.mp4, ...)")
+    f.add_argument("--out", required=True, help="images parquet to write")
+    f.add_argument("--task", default="DC", help="task code (or prompt YAML) whose image ids to produce")
+    f.add_argument("--prompts-dir")
+    f.add_argument("--annotations", nargs="+", action="extend",
+                   help="the run's annotation file(s): one clip per record, sampled inside its time span "
+                        "(default: every video in --videos, whole)")
+    _source_args(f)
+    f.add_argument("--max-side", type=int, default=0, help="shrink frames so the longer side is at most this")
+    f.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    f.add_argument("--skip-missing", action="store_true", help="leave out clips whose video file is absent")
+
     e = sub.add_parser("export", help="instructions JSON -> MIMIC-IT bundle or TFRecords")
     e.add_argument("--format", required=True, choices=["mimicit", "tfrecord"])
     e.add_argument("--instructions", required=True)
@@ -157,6 +170,11 @@ def _cmd(a) -> dict:
                                    train_config=a.train_config, group=a.group, lang=a.lang, task=a.task_code)
         return export_mimicit(a.instructions, a.out, a.images)
     from syphus.prompt import find_spec
+    if a.cmd == "frames":
+        from syphus.frames import extract
+        spec = find_spec(a.task, a.prompts_dir)
+        return extract(a.videos, a.out, spec.code, spec.reader, a.annotations, a.format, a.frames, a.max_side,
+                       a.quality, a.skip_missing)
     if a.cmd == "run":
         from syphus.generate import run_task
         ep, gen, mode = _setup(a, Path(a.out))

@@ -112,10 +112,15 @@ class ImageStore:
 
 def write_images_parquet(path: str | Path, store: ImageStore, image_ids) -> int:
     """Upstream-style images parquet: index column `id`, column `base64`. Returns the number of images."""
+    return write_parquet_b64(path, {i: base64.urlsafe_b64encode(store.get(i)).decode() for i in set(image_ids)})
+
+
+def write_parquet_b64(path: str | Path, b64_by_id: dict[str, str]) -> int:
+    """Write {image_id: base64} as an upstream-style parquet (sorted ids), atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    ids = sorted(set(image_ids))
-    b64 = [base64.urlsafe_b64encode(store.get(i)).decode() for i in ids]
+    ids = sorted(b64_by_id)
+    b64 = [b64_by_id[i] for i in ids]
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     table = pa.table({"base64": b64, "id": ids})

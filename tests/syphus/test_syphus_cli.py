@@ -28,7 +28,8 @@ def _run(*args, timeout=60):
 
 def test_syphus_does_not_import_jax():
     mods = ["syphus", "syphus.cli", "syphus.schema", "syphus.generate", "syphus.translate", "syphus.mm_instruct",
-            "syphus.cold_start", "syphus.export", "syphus.batch", "syphus.fake_server"]
+            "syphus.cold_start", "syphus.export", "syphus.batch", "syphus.fake_server", "syphus.sources",
+            "syphus.frames"]
     code = (f"import sys, importlib\nfor m in {mods!r}: importlib.import_module(m)\n"
             "from syphus.cli import build_parser; build_parser()\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax', 'tensorflow')]\n"
