@@ -6,6 +6,7 @@ type, and merging over a schema rejects misspelt keys by name instead of silentl
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import ml_collections
@@ -43,7 +44,10 @@ def defaults() -> ml_collections.ConfigDict:
     c.mesh = dict(enabled=False, data=-1, fsdp=1, tensor=1)
     c.shots = "0"                # comma-separated, e.g. "0,4,8,16,32"
     c.seeds = "42"               # comma-separated trial seeds (demonstration sampling)
-    c.fewshot = dict(method="random", query_set_size=2048, zero_shot_text_demos=True)
+    # rices_clip: HF CLIP folder whose projected pooled image embeddings rank RICES demonstrations (OpenFlamingo's
+    # features); "" = the evaluated model's mean patch token. rices_cache: per-image embedding cache folder
+    # ("" = <output_dir>/rices_cache).
+    c.fewshot = dict(method="random", query_set_size=2048, zero_shot_text_demos=True, rices_clip="", rices_cache="")
     c.prompt_style = "otter"     # otter | openflamingo
     c.cider_tokenizer = "auto"   # auto (java if installed) | java | python
     c.judge = dict(base_url="", model="", api_key_env="OPENAI_API_KEY", concurrency=8, max_tokens=512,
@@ -130,6 +134,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     need(c.length_bucket >= 1, "length_bucket", "must be >= 1")
     need(c.prompt_style in ("otter", "openflamingo"), "prompt_style", "must be otter or openflamingo")
     need(c.fewshot.method in ("random", "rices"), "fewshot.method", "must be random or rices")
+    need(not c.fewshot.rices_clip or os.path.isdir(c.fewshot.rices_clip), "fewshot.rices_clip",
+         f"{c.fewshot.rices_clip}: no such CLIP folder")
     need(c.cider_tokenizer in ("auto", "java", "python"), "cider_tokenizer", "must be auto, java or python")
     need(len(c.tasks) > 0, "tasks", "no tasks configured")
     int_list(c.shots, "shots")

@@ -72,6 +72,18 @@ class Evaluation:
         self.engine = Engine(model, tokenizer, batch_size=c.batch_size, mesh=self.mesh, resize=c.resize,
                              length_bucket=c.length_bucket)
         self.out = c.output_dir
+        self._clip = None   # ClipImageEmbedder, built on first RICES use when fewshot.rices_clip is set
+
+    def rices_features(self, keys, read_image):
+        """RICES features: CLIP projected pooled embeddings (cached per image) when fewshot.rices_clip is set,
+        else the evaluated model's mean patch token."""
+        if not self.c.fewshot.rices_clip:
+            return self.engine.features(keys, read_image)
+        if self._clip is None:
+            from otter_jax.evaluate.rices import ClipImageEmbedder
+            self._clip = ClipImageEmbedder(self.c.fewshot.rices_clip, self.c.batch_size, self.c.resize,
+                                           self.c.fewshot.rices_cache or os.path.join(self.out, "rices_cache"))
+        return self._clip.features(keys, read_image)
 
     # ------------------------------------------------------------------------------------------------ one run
     def _settings(self, name, t, shots, seed, style, method) -> dict:
@@ -79,7 +91,9 @@ class Evaluation:
                 "shots": shots, "seed": seed, "prompt_style": style, "fewshot_method": method,
                 "query_set_size": self.c.fewshot.query_set_size,
                 "zero_shot_text_demos": self.c.fewshot.zero_shot_text_demos, "mode": t.mode,
-                "resize": self.c.resize, **{k: t[k] for k in GEN_KEYS}}
+                "resize": self.c.resize, **{k: t[k] for k in GEN_KEYS},
+                **({"rices_features": os.path.abspath(self.c.fewshot.rices_clip) if self.c.fewshot.rices_clip
+                    else "model_patch_mean"} if method == "rices" else {})}
 
     def predict(self, name: str, t, data: TaskData, shots: int, seed: int) -> tuple[dict, str]:
         family = FAMILIES[t.format]
@@ -91,7 +105,7 @@ class Evaluation:
         selector = None
         if n_demo:
             def feats(exs):
-                return self.engine.features([self._first_image(e) for e in exs], data.read_image)
+                return self.rices_features([self._first_image(e) for e in exs], data.read_image)
             selector = DemoSelector(data.pool, method, seed, self.c.fewshot.query_set_size, feats)
         todo = [ex for ex in data.examples if not journal.done(ex.id)]
         bs = self.engine.batch_size
@@ -102,7 +116,7 @@ class Evaluation:
             batch = todo[start:start + bs]
             qfeat = None
             if selector is not None and method == "rices":
-                qfeat = self.engine.features([self._first_image(e) for e in batch], data.read_image)
+                qfeat = self.rices_features([self._first_image(e) for e in batch], data.read_image)
             demos = [selector.select(ex, n_demo, None if qfeat is None else qfeat[i]) if selector else []
                      for i, ex in enumerate(batch)]
             built = [P.build(family, style, ex, d, demo_images=shots > 0, fmt=t.format)
