@@ -6,6 +6,9 @@ Ours: the ArrayRecord store (built once, timed separately) read by the grain pip
 (so the ratio is per worker), uint8 pixels (normalised later on the device), the loader's default resampler
 (reduced-scale JPEG decode + OpenCV bicubic, see otter_jax/data/images.py); also shown with float32 host pixels
 and with 2 read threads in the one process (decoding and resizing release the GIL).
+"naive, same decode": the naive path given OUR decode and resize (the loader's `decode_resize` with its default
+resampler, uint8 pixels, normalised later as ours are), so its ratio isolates the store + loader from the image
+tricks; both baselines are printed.
 "per CPU-s" divides by the process's CPU time instead of wall time: the fair per-worker figure when a path
 keeps more than one core busy (grain's read thread overlaps with the main thread's batching).
 Each measurement runs in its own subprocess so that peak RSS (VmHWM) belongs to that path alone. Both paths are
@@ -109,11 +112,13 @@ def run_ours(store: str, tokenizer: str, episodes: int, pixel_dtype: str, thread
             "peak_rss_mib": _peak_rss_mib()}
 
 
-def run_naive(root: str, tokenizer: str, episodes: int) -> dict:
+def run_naive(root: str, tokenizer: str, episodes: int, same_decode: bool = False) -> dict:
+    """Upstream's path; with `same_decode`, images go through our decode_resize (loader default resampler, uint8)."""
     from PIL import Image
 
     from otter_jax.data import episodes as ep_lib
-    from otter_jax.data.images import CLIP_MEAN, CLIP_STD
+    from otter_jax.data.images import CLIP_MEAN, CLIP_STD, decode_resize
+    from otter_jax.data.loader import LoaderConfig
     from otter_jax.data.tokenizer import load_tokenizer, special_ids
 
     tok = load_tokenizer(tokenizer)
@@ -127,12 +132,17 @@ def run_naive(root: str, tokenizer: str, episodes: int) -> dict:
     std = np.asarray(CLIP_STD, np.float32).reshape(3, 1, 1)
     keys = list(data)
     order = np.random.default_rng(0).permutation(len(keys))
+    resampler = LoaderConfig.resampler
     t0, c0 = time.perf_counter(), time.process_time()
     for k in range(episodes):
         rec = data[keys[order[k % len(keys)]]]
         pix = []
         for image_id in rec["image_ids"]:
-            im = Image.open(io.BytesIO(base64.urlsafe_b64decode(images[image_id]))).convert("RGB")
+            raw = base64.urlsafe_b64decode(images[image_id])
+            if same_decode:
+                pix.append(decode_resize(raw, 224, "squash", resampler))
+                continue
+            im = Image.open(io.BytesIO(raw)).convert("RGB")
             im = im.resize((224, 224), Image.BICUBIC)
             pix.append((np.asarray(im, np.float32).transpose(2, 0, 1) / 255.0 - mean) / std)
         ids = ep_lib.encode(ep_lib.chunk_text(rec["instruction"], rec["answer"], 1), tok, sp)
@@ -171,8 +181,8 @@ def main() -> int:
     tokenizer = str(ROOT / "otter_jax" / "data" / "demo" / "tokenizer")
     if args._child:
         kind, path, episodes = args._child[0], args._child[1], int(args._child[2])
-        if kind == "naive":
-            res = run_naive(path, tokenizer, episodes)
+        if kind in ("naive", "naive_same"):
+            res = run_naive(path, tokenizer, episodes, same_decode=kind == "naive_same")
         else:
             res = run_ours(path, tokenizer, episodes, kind.split("_")[0], threads=2 if kind.endswith("_2t") else 1)
         print(json.dumps(res))
@@ -190,22 +200,25 @@ def main() -> int:
         ingest_s = time.perf_counter() - t0
         size_mib = (root / "images.json").stat().st_size / 2**20
         res = {}
-        for k in ("naive", "uint8", "float32", "uint8_2t"):
-            if k != "naive":
+        for k in ("naive", "naive_same", "uint8", "float32", "uint8_2t"):
+            naive = k.startswith("naive")
+            if not naive:
                 _warm_page_cache(root / "store")
-            res[k] = _subprocess(["--_child", k, str(root if k == "naive" else root / "store"), str(args.episodes)])
+            res[k] = _subprocess(["--_child", k, str(root if naive else root / "store"), str(args.episodes)])
         rows.append((n, size_mib, gen_s, ingest_s, res))
         print(f"n={n}: images.json {size_mib:.0f} MiB (generated in {gen_s:.0f}s), store built in {ingest_s:.0f}s",
               flush=True)
-    print(f"\n{'images':>7} {'path':<22} {'episodes/s':>10} {'startup s':>9} {'peak RSS MiB':>12} {'speed vs naive':>14}"
-          f" {'per CPU-s vs naive':>18}")
+    print(f"\n{'images':>7} {'path':<26} {'episodes/s':>10} {'startup s':>9} {'peak RSS MiB':>12} "
+          f"{'vs naive':>9} {'vs naive same decode':>20} {'per CPU-s vs naive':>18}")
     for n, _, _, _, res in rows:
-        base = res["naive"]["eps"]
-        for k, label in (("naive", "naive (json+PIL)"), ("uint8", "ours uint8, 1 thread"),
-                         ("float32", "ours float32, 1 thread"), ("uint8_2t", "ours uint8, 2 threads")):
+        base, same = res["naive"]["eps"], res["naive_same"]["eps"]
+        for k, label in (("naive", "naive (json+PIL)"), ("naive_same", "naive, same decode/resize"),
+                         ("uint8", "ours uint8, 1 thread"), ("float32", "ours float32, 1 thread"),
+                         ("uint8_2t", "ours uint8, 2 threads")):
             r = res[k]
-            print(f"{n:>7} {label:<22} {r['eps']:>10.1f} {r['startup_s']:>9.2f} {r['peak_rss_mib']:>12.0f} "
-                  f"{r['eps'] / base:>13.2f}x {r['eps_per_cpu_s'] / res['naive']['eps_per_cpu_s']:>17.2f}x")
+            print(f"{n:>7} {label:<26} {r['eps']:>10.1f} {r['startup_s']:>9.2f} {r['peak_rss_mib']:>12.0f} "
+                  f"{r['eps'] / base:>8.2f}x {r['eps'] / same:>19.2f}x "
+                  f"{r['eps_per_cpu_s'] / res['naive']['eps_per_cpu_s']:>17.2f}x")
     if len(rows) >= 2:
         (n0, *_, r0), (n1, *_, r1) = rows[0], rows[-1]
         for k in ("naive", "uint8"):
