@@ -65,3 +65,18 @@ def demo_root(tmp_path_factory) -> Path:
         build_store(root / "data" / "demo.yaml", root / "store", strict=True, log=lambda s: None)
         _CACHE["demo_root"] = root
     return _CACHE["demo_root"]
+
+
+def store_config(workdir, demo_root, **sections) -> ml_collections.ConfigDict:
+    """tiny_config on the real demo store: all four groups (14, 8, 5 and 5 queries), weights = group sizes. One
+    media of one frame, so every group has the same vision shape and the step compiles once."""
+    from otter_jax.train import config as C
+
+    c = tiny_config(workdir)
+    c.model = ml_collections.ConfigDict(tiny_model(vocab_size=640))
+    root = Path(demo_root)
+    c.data.update(source="store", store=str(root / "store"), tokenizer=str(root / "data" / "tokenizer"),
+                  max_seq_len=96, max_media=1, num_frames=1, num_threads=1, seed=1)
+    for name, values in sections.items():
+        c[name].update(values)
+    return C.validate(c)
