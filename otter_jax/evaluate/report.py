@@ -11,8 +11,13 @@ def _fmt(v) -> str:
 
 
 def markdown(results: dict) -> str:
-    lines = ["# Evaluation report", "",
-             f"- checkpoint: `{results['checkpoint']}`",
+    lines = ["# Evaluation report", ""]
+    if results.get("toy"):
+        lines += ["> **Toy run: these numbers test the pipeline, not Otter's quality.** "
+                  + "; ".join(r[0].upper() + r[1:] for r in results["toy"]) + ".", ""]
+    m = results.get("model")
+    lines += [f"- checkpoint: `{results['checkpoint']}`"
+              + (f" ({m['parameters'] / 1e6:,.2f}M parameters, {m['text_model']}, {m['layers']} layers)" if m else ""),
              f"- config: `{results.get('config') or '-'}`",
              f"- started: {results['started']}; wall time: {results['wall_time_s']:.1f} s",
              f"- devices: {results['devices']}; mesh: {results['mesh'] or 'none (one device)'}; "

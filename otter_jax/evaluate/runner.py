@@ -60,6 +60,31 @@ def load_model(c: ml_collections.ConfigDict, mesh=None):
     return model, tok
 
 
+TOY_PARAMETERS = 100_000_000   # far below any released Otter (1B-9B); above every demo/test model
+
+
+def model_summary(model) -> dict:
+    from flax import nnx
+
+    n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    cfg = model.cfg
+    return {"parameters": n, "text_model": cfg.text_model_type, "layers": cfg.num_layers,
+            "vocab_size": cfg.text.vocab_size}
+
+
+def toy_reasons(model: dict, data_root: str) -> list[str]:
+    """Why these numbers say nothing about Otter's quality (empty when nothing gives it away)."""
+    from otter_jax.evaluate.tiny_sets import is_tiny
+
+    out = []
+    if model["parameters"] < TOY_PARAMETERS:
+        out.append(f"the model has {model['parameters'] / 1e6:.2f}M parameters ({model['text_model']}, "
+                   f"{model['layers']} layers), a toy next to the released 1B-9B Otter models")
+    if data_root and is_tiny(data_root):
+        out.append(f"the evaluation sets in {data_root} are the bundled tiny sets made from demo photographs")
+    return out
+
+
 class Evaluation:
     def __init__(self, c: ml_collections.ConfigDict, model=None, tokenizer=None, mesh=None):
         self.c = c
@@ -154,7 +179,8 @@ class Evaluation:
                    "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
                    "mesh": dict(self.mesh.shape) if self.mesh is not None else None,
                    "batch_size": self.engine.batch_size, "prompt_style": c.prompt_style,
-                   "fewshot": c.fewshot.to_dict(), "tasks": {}}
+                   "fewshot": c.fewshot.to_dict(), "model": model_summary(self.engine.model), "tasks": {}}
+        results["toy"] = toy_reasons(results["model"], c.data_root)
         for name, t in c.tasks.items():
             if not t.enabled:
                 continue

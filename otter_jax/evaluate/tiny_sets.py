@@ -235,9 +235,17 @@ def write_tiny_sets(out: str | os.PathLike) -> Path:
         (pw / "images" / f"{name}.jpg").write_bytes(photos[name])
         rows.append(json.dumps({"id": f"pw{k}", "image": f"images/{name}.jpg", "question": q, "baseline": baseline}))
     (pw / "questions.jsonl").write_text("\n".join(rows) + "\n")
-    (out / "README.txt").write_text("Tiny evaluation sets made from the otter-jax demo photographs by "
-                                    "otter_jax.evaluate.tiny_sets; see configs/eval/demo.py.\n")
+    (out / "README.txt").write_text(TINY_MARK + " by otter_jax.evaluate.tiny_sets; see configs/eval/demo.py.\n")
     return out
+
+
+TINY_MARK = "Tiny evaluation sets made from the otter-jax demo photographs"
+
+
+def is_tiny(root: str | os.PathLike) -> bool:
+    """Whether `root` holds the bundled tiny sets (their README marks them)."""
+    p = Path(root) / "README.txt"
+    return p.exists() and p.read_text()[:len(TINY_MARK)] == TINY_MARK
 
 
 def ensure(out: str) -> Path:

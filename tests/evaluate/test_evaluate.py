@@ -67,6 +67,21 @@ def test_every_format_end_to_end(demo_run):
     assert res["tasks"]["mmbench"]["runs"][0]["details"]["submission"].endswith(".tsv")
 
 
+def test_report_says_when_the_run_is_a_toy(demo_run, tmp_path):
+    from otter_jax.evaluate.report import markdown
+    from otter_jax.evaluate.runner import toy_reasons
+
+    out, res = demo_run
+    report = open(os.path.join(out, "report.md")).read()
+    toy = report.splitlines()[2]
+    assert toy.startswith("> **Toy run: these numbers test the pipeline, not Otter's quality.**")
+    assert f"{res['model']['parameters'] / 1e6:.2f}M parameters" in toy and "bundled tiny sets" in toy
+    # a released-size model on real data: no such line
+    big = {"parameters": 7_400_000_000, "text_model": "mpt", "layers": 32, "vocab_size": 50432}
+    assert toy_reasons(big, str(tmp_path)) == []
+    assert "Toy run" not in markdown({**res, "model": big, "toy": []})
+
+
 def test_resume_recomputes_only_missing_examples(demo_run, loaded, tiny_checkpoint, tiny_sets, monkeypatch):
     out, res = demo_run
     path = [r for r in res["tasks"]["coco"]["runs"] if r["shots"] == 4][0]["predictions"]
