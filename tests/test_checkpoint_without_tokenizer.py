@@ -87,3 +87,18 @@ def test_mpt_golden_with_its_base_tokenizer_gets_pad_appended(tmp_path):
     inputs, ref = golden_case("otter_mpt_tiny", "image")
     out = model(inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"])
     assert float(np.abs(np.asarray(out.logits, np.float64) - ref["logits"]).max()) <= 1e-4
+
+
+def test_eval_loads_it_with_config_tokenizer(tmp_path):
+    import ml_collections
+
+    from otter_jax.evaluate.config import EvalConfigError, defaults
+    from otter_jax.evaluate.runner import load_model
+
+    c = defaults()
+    c.checkpoint = str(_weights_only("otter_llama_tiny", tmp_path / "ckpt"))
+    with pytest.raises(EvalConfigError, match="no tokenizer files .* --config.tokenizer=DIR"):
+        load_model(ml_collections.ConfigDict(c))
+    c.tokenizer = _base_tokenizer("otter_llama_tiny", tmp_path / "tok")
+    model, tok = load_model(ml_collections.ConfigDict(c))
+    assert model.cfg.tokens.media == tok.convert_tokens_to_ids("<image>") == 201

@@ -41,11 +41,11 @@ def load_model(c: ml_collections.ConfigDict, mesh=None):
         model, cfg = load_ours(path, policy, mesh=mesh)
     else:
         from otter_jax.convert import load_torch_checkpoint
+        from otter_jax.convert.otter_hf import TOKENIZER_FILES
+        if not c.tokenizer and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+            raise EvalConfigError(f"{path} has no tokenizer files (the original's save_pretrained writes none); "
+                                  "set --config.tokenizer=DIR to the base model's or an Otter tokenizer folder")
         model, cfg = load_torch_checkpoint(path, policy, mesh=mesh, tokenizer=c.tokenizer or None)
-    from otter_jax.convert.otter_hf import TOKENIZER_FILES
-    if not c.tokenizer and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
-        raise FileNotFoundError(f"{path} has no tokenizer files (the original's save_pretrained writes none); "
-                                "set tokenizer=DIR to the base model's tokenizer folder")
     tok = load_tokenizer(c.tokenizer or path)
     sp = special_ids(tok)
     want = SpecialTokens(media=sp.media, endofchunk=sp.endofchunk, answer=sp.answer, pad=sp.pad, bos=sp.bos,
