@@ -11,7 +11,7 @@ instructions and extracted frames meet in one store without renaming:
   images  <CODE>_IMG_<source image id>           (COCO ids zero-padded to 12 digits, as upstream's LA_IMG_000000377944)
   videos  <CODE>_IMG_<clip id>_<frame:04d>        for frame 0..frames-1, sampled uniformly over the clip's span
 Video records also carry `video` (file stem) and `span` ([start_s, end_s] or None = whole video) for the frames
-command. Errors name the file, the record (index or key) and the field.
+command. Errors name the file, the record (line, index or key) and the field.
 """
 
 from __future__ import annotations
@@ -52,8 +52,13 @@ def coco_image_id(code: str, image_id) -> str:
 
 
 # ---- loading and detection ------------------------------------------------------------------------------------
+class JsonLines(list):
+    """The records of a JSON Lines file, with the line number of each (errors cite `file:line`)."""
+    lines: list[int]
+
+
 def load_json_or_jsonl(path: Path) -> Any:
-    """A JSON document, or a list of the objects of a JSON Lines file (one record per line)."""
+    """A JSON document, or a JsonLines list of the objects of a JSON Lines file (one record per line)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -61,11 +66,13 @@ def load_json_or_jsonl(path: Path) -> Any:
     try:
         return json.loads(text)
     except ValueError as first:
-        rows = []
+        rows = JsonLines()
+        rows.lines = []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
+                    rows.lines.append(n)
                 except ValueError as e:
                     if n == 1:
                         raise SourceError(f"{path}: neither JSON nor JSON Lines ({first})") from None
@@ -138,7 +145,9 @@ def _field(rec, field: str, where: str, kind=None):
 
 
 def _items(data, path: Path):
-    """(where, record) for a list (index) or an object keyed by id (key)."""
+    """(where, record) for JSON Lines (line), a list (index) or an object keyed by id (key)."""
+    if isinstance(data, JsonLines):
+        return [(f"{path}:{n}", r) for n, r in zip(data.lines, data)]
     if isinstance(data, list):
         return [(f"{path}: record {i}", r) for i, r in enumerate(data)]
     return [(f"{path}: record {k!r}", r) for k, r in data.items()]
@@ -288,8 +297,10 @@ def _vist(data, path, code, frames):
 
 def _activitynet(data, path, code, frames):
     out = {}
-    for where, r in _items(data, path):
-        vid = where.split("record ", 1)[1].strip("'")
+    if not isinstance(data, dict):
+        raise SourceError(f"{path}: ActivityNet Captions is an object keyed by video id, got {type(data).__name__}")
+    for vid, r in data.items():
+        where = f"{path}: record {vid!r}"
         ts = _field(r, "timestamps", where, list)
         ss = _field(r, "sentences", where, list)
         if len(ts) != len(ss):
@@ -333,8 +344,10 @@ def _ego4d(data, path, code, frames):
     if isinstance(data.get("videos"), list):   # the per-video list variant
         data = {str(v.get("video_uid")): v for v in data["videos"]}
     out = {}
-    for where, v in _items(data, path):
-        uid = where.split("record ", 1)[1].strip("'")
+    if not isinstance(data, dict):
+        raise SourceError(f"{path}: Ego4D narrations are an object keyed by video_uid, got {type(data).__name__}")
+    for uid, v in data.items():
+        where = f"{path}: record {uid!r}"
         passes = [k for k in ("narration_pass_1", "narration_pass_2") if isinstance(v, dict) and k in v]
         if not passes:
             raise SourceError(f"{where}: missing field 'narration_pass_1'")
