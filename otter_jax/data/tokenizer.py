@@ -37,10 +37,19 @@ def add_otter_tokens(tok):
 def load_tokenizer(path: str | os.PathLike):
     """A local HF tokenizer folder (tokenizer.json / tokenizer_config.json) with the Otter tokens added."""
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer folder {path} does not exist (nothing is downloaded from a hub)")
-    return add_otter_tokens(AutoTokenizer.from_pretrained(str(path), local_files_only=True))
+    # A checkpoint folder's config.json says model_type "otter", which transformers does not know: it warns "You are
+    # using a model of type otter to instantiate a model of type ..." although only the tokenizer files are read.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(level)
+    return add_otter_tokens(tok)
 
 
 def special_ids(tok) -> SpecialIds:

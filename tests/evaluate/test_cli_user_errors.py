@@ -56,3 +56,17 @@ def test_store_build_output_is_quiet_when_piped(tmp_path):
     for noise in ("Downloading and preparing dataset", "downloaded and prepared", "\r", "\x1b[", "Variant folder",
                   "I0000", "oneDNN", "cuda_"):
         assert noise not in out, (noise, out[-1500:])
+
+
+def test_tokenizer_from_a_checkpoint_folder_loads_without_the_model_type_warning(tmp_path, capfd):
+    import shutil
+
+    from otter_jax.data.demo import TOKENIZER_DIR
+    from otter_jax.data.tokenizer import load_tokenizer
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(TOKENIZER_DIR, ckpt)
+    (ckpt / "config.json").write_text('{"model_type": "otter", "text_config": {"model_type": "llama"}}')
+    capfd.readouterr()
+    assert load_tokenizer(ckpt).convert_tokens_to_ids("<image>") is not None
+    assert "model of type" not in capfd.readouterr().err
