@@ -284,16 +284,17 @@ def held_out(record_id: str, fraction: float) -> bool:
     return h < fraction * 2.0**64
 
 
-def split_queries(records: dict[str, dict], fraction: float) -> set[str]:
-    """Ids of the validation queries: a `fraction` of the queries drawn by id, minus any that a training query
-    uses as an in-context example (its answer would be trained on)."""
-    val = {rid for rid, r in records.items() if r["is_query"] and held_out(rid, fraction)}
+def split_queries(records: dict[tuple[str, str], dict], fraction: float) -> set[tuple[str, str]]:
+    """Keys (dataset, id) of the validation queries: a `fraction` of the query ids drawn by id, minus any id that a
+    training query uses as an in-context example (its answer would be trained on). Decided per id, so an
+    instructions file listed under several datasets holds the same records out in all of them."""
+    val_ids = {k[1] for k, r in records.items() if r["is_query"] and held_out(k[1], fraction)}
     while True:
-        in_context = {c for rid, r in records.items() if r["is_query"] and rid not in val for c in r["context_ids"]}
-        moved = val & in_context
+        in_context = {c for k, r in records.items() if r["is_query"] and k[1] not in val_ids for c in r["context_ids"]}
+        moved = val_ids & in_context
         if not moved:
-            return val
-        val -= moved
+            return {k for k, r in records.items() if r["is_query"] and k[1] in val_ids}
+        val_ids -= moved
 
 
 def _build_instructions(out: Path, specs, counter: SkipCounter, log, val_fraction: float = 0.0

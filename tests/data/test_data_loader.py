@@ -1,6 +1,7 @@
 """The grain loader: batch layout per group, determinism, exact resume, lenient/strict, workers, global arrays."""
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,3 +238,52 @@ def test_host_batch_is_checked_against_the_mesh_batch_axes(demo_store, demo_toke
     with pytest.raises(ValueError, match="devices hold 8 rows of the batch split over mesh axes"):
         loader.make_loader(demo_store, demo_tokenizer, dataclasses.replace(CFG, batch_size=4, global_batch_size=8),
                            sharding=sharding)
+
+
+@pytest.fixture(scope="module")
+def val_store(demo_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("val") / "store"
+    ingest.build_store(demo_dir / "demo.yaml", out, strict=True, log=lambda s: None, val_fraction=0.3)
+    return out
+
+
+def test_validation_split_is_disjoint_from_training(val_store, demo_store, demo_tokenizer):
+    store, full = Store(val_store), Store(demo_store)
+    ins_ = store.instructions
+    n_val = 0
+    for d in store.datasets:
+        train, val = set(store.queries(d["name"]).tolist()), set(store.queries(d["name"], "val").tolist())
+        assert not train & val and train | val == set(full.queries(d["name"]).tolist())
+        assert d["n_val"] == len(val) and d["n_queries"] == len(train)
+        contexts = {int(c) for q in train for c in ins_[q]["context_index"]}
+        assert not contexts & val  # no held-out answer is trained on as an in-context example either
+        n_val += len(val)
+    assert n_val > 0 and store.val_fraction == 0.3
+    with pytest.raises(ValueError, match="no validation split.*--val-fraction"):
+        full.queries(full.datasets[0]["name"], "val")
+    # The validation pass: each held-out query exactly once (padded rows supervise nothing), on every host count.
+    cfg = dataclasses.replace(CFG, split="val", once=True, batch_size=2)
+    texts = [demo_tokenizer.decode(b["input_ids"][r]) for b in loader.make_loader(store, demo_tokenizer, cfg)
+             for r in range(2) if (b["labels"][r] != -100).any()]
+    assert len(texts) == n_val
+    queries = {ins_[q]["instruction"].decode() for d in store.datasets for q in store.queries(d["name"], "val")}
+    assert all(any(q.strip() in t for t in texts) for q in queries)
+    with pytest.raises(ValueError, match="config hash differs"):  # another fraction is another store
+        ingest.build_store(Path(store.manifest["yaml"]), val_store, log=lambda s: None, val_fraction=0.5)
+
+
+def test_trainer_validates_on_the_held_out_split(val_store, demo_dir, demo_tokenizer):
+    import jax
+
+    from otter_jax.train import config as C, data
+
+    c = C.defaults()
+    c.data.update(store=str(val_store), tokenizer=str(demo_dir / "tokenizer"), max_seq_len=160, image_size=28,
+                  max_media=4, num_frames=8, num_threads=1)
+    c.train.update(global_batch_size=2, eval_batches=50)
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
+    batches = data.eval_batches(c, demo_tokenizer, None, loader.batch_sharding(mesh), 700)
+    store = Store(val_store)
+    n_val = sum(len(store.queries(d["name"], "val")) for d in store.datasets)
+    rows = sum(int((np.asarray(b["labels"]) != -100).any(1).sum()) for b in batches)
+    assert rows == n_val  # every held-out query once, nothing from the training split
