@@ -11,7 +11,9 @@ bash scripts/install.sh
 [ "${FRESH:-0}" = 1 ] && rm -rf "$OUT"
 mkdir -p "$OUT"
 [ -f "$OUT/data/demo.yaml" ] || .venv/bin/otter-jax data demo --out "$OUT/data"
-[ -f "$OUT/store/manifest.json" ] || .venv/bin/otter-jax data build --yaml "$OUT/data/demo.yaml" --out "$OUT/store"
+# 20% of the queries are held out (the store's validation split): the validation loss is on examples never trained on.
+[ -f "$OUT/store/manifest.json" ] || .venv/bin/otter-jax data build --yaml "$OUT/data/demo.yaml" --out "$OUT/store" \
+  --val-fraction 0.2
 .venv/bin/otter-jax train --config "configs/demo.py:$OUT" "$@"
 # Evaluate the trained model on the tiny bundled evaluation sets (all task formats) and print the report.
 .venv/bin/otter-jax eval --config "configs/eval/demo.py:$OUT/train/model" --config.output_dir="$OUT/eval"

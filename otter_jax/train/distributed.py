@@ -2,7 +2,9 @@
 
 TPU VMs and SLURM jobs need no arguments (jax reads the cluster from its environment); other GPU clusters pass the
 coordinator address, process count and id (config.distributed.* or OTTER_COORDINATOR / OTTER_NUM_PROCESSES /
-OTTER_PROCESS_ID). On CPU (tests, laptops) the cross-process collectives need gloo.
+OTTER_PROCESS_ID). On a TPU VM `jax.distributed.initialize()` is always called explicitly ("auto" sees the TPU
+devices): every worker of a pod slice runs the same command and must join the one job, and the preemption service
+(maintenance notices, SIGTERM) only runs inside it. On CPU (tests, laptops) the cross-process collectives need gloo.
 """
 from __future__ import annotations
 
@@ -15,6 +17,14 @@ log = logging.getLogger(__name__)
 
 ENV = {"coordinator": "OTTER_COORDINATOR", "num_processes": "OTTER_NUM_PROCESSES", "process_id": "OTTER_PROCESS_ID"}
 CLUSTER_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE")
+TPU_DEVICE_FILES = ("/dev/accel0", "/dev/vfio/0")  # TPU VM chips (v2-v4: accel; v5+: vfio)
+
+
+def on_tpu_vm() -> bool:
+    """TPU chips present and libtpu installed (jax[tpu])."""
+    import importlib.util
+
+    return any(os.path.exists(f) for f in TPU_DEVICE_FILES) and importlib.util.find_spec("libtpu") is not None
 
 
 def settings(d: ml_collections.ConfigDict) -> dict:
@@ -34,7 +44,8 @@ def initialize(d: ml_collections.ConfigDict) -> bool:
     import jax
 
     s = settings(d)
-    wanted = d.mode == "on" or (d.mode == "auto" and (s["coordinator"] or any(k in os.environ for k in CLUSTER_ENV)))
+    wanted = d.mode == "on" or (d.mode == "auto" and (s["coordinator"] or any(k in os.environ for k in CLUSTER_ENV)
+                                                      or on_tpu_vm()))
     if not wanted or d.mode == "off":
         return False
     kwargs = {}
