@@ -82,11 +82,14 @@ def create(cfg: OtterConfig, policy: Policy, c: ml_collections.ConfigDict, mesh:
 def load_weights(path: str, cfg: OtterConfig, policy: Policy, mesh: Mesh, rules: S.Rules
                  ) -> tuple[Otter, OtterConfig]:
     """Pretrained weights: an otter-jax checkpoint (`otter-jax convert`) or an HF-layout PyTorch Otter folder."""
+    from etils import epath
+
     from otter_jax import checkpoint, convert
 
-    if not os.path.isdir(path):
+    if not epath.Path(path).is_dir():  # local or gs://
         raise FileNotFoundError(f"config.train.init_from={path!r}: no such directory")
-    if os.path.exists(os.path.join(path, checkpoint.META_FILE)):
+    # otter-jax models; a training checkpoint also goes there, to be refused naming `convert --from-checkpoint`
+    if (epath.Path(path) / checkpoint.META_FILE).exists() or checkpoint.training_checkpoint_step(path) is not None:
         model, loaded = checkpoint.load_model(path, policy, mesh, rules)
     else:
         model, loaded = convert.load_torch_checkpoint(path, policy, mesh, rules)
