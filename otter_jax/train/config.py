@@ -24,12 +24,12 @@ def defaults() -> ml_collections.ConfigDict:
     c.policy = dict(dtype="float32", param_dtype="float32", remat="none", scan_layers=True)
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.rules = ""  # logical axis rules as "name=axis,name=axis1+axis2,name=" ("" = otter_jax.sharding.DEFAULT_RULES)
-    c.workdir = "runs/train"  # checkpoints in <workdir>/checkpoints, TensorBoard in <workdir>/tensorboard
+    c.workdir = "runs/train"  # checkpoints in <workdir>/checkpoints, TensorBoard in <workdir>/tensorboard; or gs://
     c.data = dict(
         source="store",           # "store": a store from `otter-jax data build`; "synthetic": random batches
-        store="",                 # store folder
-        tokenizer="",             # HF tokenizer folder (its special-token ids go into the model config)
-        eval_store="",            # validation store ("" = the training store)
+        store="",                 # store folder (local or gs://)
+        tokenizer="",             # HF tokenizer folder, local or gs:// (its special-token ids go into the model config)
+        eval_store="",            # validation store ("" = the store's --val-fraction split, else training examples)
         max_seq_len=2048, image_size=224, resize="squash", max_media=4, num_frames=32,
         resampler="opencv",       # "opencv" (fast bicubic) or "pil" (upstream's exact kernel): otter_jax/data/images.py
         group_weights="",         # "IMAGE_TEXT=1,VIDEO_TEXT=0.5" ("" = proportional to group sizes)
@@ -50,7 +50,7 @@ def defaults() -> ml_collections.ConfigDict:
     )
     c.checkpoint = dict(every=500, keep=3, async_save=True, enabled=True)
     c.distributed = dict(
-        mode="auto",              # auto: initialise when a coordinator/cluster is detected; "on"; "off"
+        mode="auto",              # auto: initialise when a coordinator/cluster/TPU VM is detected; "on"; "off"
         coordinator="",           # host:port of process 0 (GPU clusters); TPU VMs and SLURM need nothing
         num_processes=-1, process_id=-1, local_device_ids="",
     )
