@@ -41,7 +41,8 @@ def test_slurm_script_starts_one_process_per_task_with_the_coordinator(tmp_path)
 
 def test_tpu_pod_script_runs_the_same_command_on_every_worker(tmp_path):
     bin_, log = tmp_path / "bin", tmp_path / "gcloud.log"
-    _exe(bin_ / "gcloud", f'echo "$*" | tr "\\n" " " >> {log}; echo >> {log}\n[ "$6" != describe ]\n')  # describe fails: not created yet
+    # gcloud: log each call on one line; `describe` fails (the slice does not exist yet)
+    _exe(bin_ / "gcloud", f'echo "$*" | tr "\\n" " " >> {log}; echo >> {log}\n[ "$6" != describe ]\n')
     env = dict(os.environ, PATH=f"{bin_}:{os.environ['PATH']}", PROJECT="p", ZONE="z", ACCELERATOR="v4-16",
                BUCKET="gs://b/otter", RUN="r1", TMPDIR=str(tmp_path))
     p = subprocess.run(["bash", str(ROOT / "launch" / "tpu_pod.sh"), "configs/demo.py", "--config.train.steps=5"],

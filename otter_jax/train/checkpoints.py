@@ -92,7 +92,8 @@ class Checkpoints:
         if not force and step % self.every:
             return False
         data = data_iter.global_state() if hasattr(data_iter, "global_state") else data_iter.get_state()
-        args = ocp.args.Composite(state=ocp.args.StandardSave(flat(state)), meta=ocp.args.JsonSave(meta | {"data": data}))
+        args = ocp.args.Composite(state=ocp.args.StandardSave(flat(state)),
+                                  meta=ocp.args.JsonSave(meta | {"data": data}))
         return self.manager.save(step, args=args, force=True)
 
     def steps(self) -> list[int]:

@@ -28,7 +28,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.data = dict(
         source="store",           # "store": a store from `otter-jax data build`; "synthetic": random batches
         store="",                 # store folder (local or gs://)
-        tokenizer="",             # HF tokenizer folder, local or gs:// (its special-token ids go into the model config)
+        tokenizer="",             # HF tokenizer folder, local or gs:// (its special-token ids go into the model)
         eval_store="",            # validation store ("" = the store's --val-fraction split, else training examples)
         max_seq_len=2048, image_size=224, resize="squash", max_media=4, num_frames=32,
         resampler="opencv",       # "opencv" (fast bicubic) or "pil" (upstream's exact kernel): otter_jax/data/images.py
