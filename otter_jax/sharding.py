@@ -6,6 +6,8 @@ replicated instead (e.g. a 32004-row vocabulary on 8 tensor shards), and a mesh 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Callable, Mapping, Sequence
@@ -19,7 +21,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 DEFAULT_RULES: Rules = (
-    ("batch", ("data", "fsdp")),
+    ("batch", ("data", "fsdp")),  # also the batch axis of activations (see `constrain`)
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -135,3 +137,30 @@ def per_device_bytes(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES)
         local = shard.get_value().shard_shape(value.shape)
         total += math.prod(local) * np.dtype(value.dtype).itemsize
     return total
+
+
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("otter_activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
+    """While tracing under this context, `constrain` pins activations to the mesh by logical names.
+
+    Why: parameters say how they are split, activations do not; left to propagation, XLA may follow a weight's
+    fsdp-split embedding axis into the activations and replicate the batch instead (every chip then computes the
+    global batch: pure FSDP over 256 chips needed ~100 GiB per chip). Pinning the batch axis at block boundaries
+    keeps every activation split like the batch."""
+    token = _ACTIVE.set((mesh, tuple(rules)))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """A sharding constraint on activation `x` from logical axis names; a no-op outside `activation_sharding`."""
+    active = _ACTIVE.get()
+    if active is None:
+        return x
+    mesh, rules = active
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)))

@@ -109,12 +109,23 @@ class Policy:
     axis and run under `jax.lax.scan` (compile time flat in depth; the layout of checkpoints and conversion). False
     keeps one module per layer and runs them one after another: XLA:CPU copies every layer's weights out of stacked
     arrays before each matmul, so CPU training is faster unstacked (`otter_jax.models.layout` converts between both).
+
+    `frozen_param_dtype`: storage dtype of the parameters training does not update ("" = param_dtype); bfloat16
+    halves a frozen 7B tower's memory and its FSDP all-gathers, while trainable parameters keep an fp32 master.
+    `attention`: "dense" (the reference computation), "chunked" (blocks of `attention_chunk` queries, no
+    [B, H, L, L] array) or "fused" (`jax.nn.dot_product_attention`: cuDNN on GPU); see `layers.self_attention`.
+    `loss_chunk`: > 0 computes the output head and cross-entropy `loss_chunk` positions at a time, rematerialised,
+    so no [B, L, V] float32 logits exist in training (0 = whole logits, as the forward pass returns them).
     """
 
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of parameters
     remat: str = "none"
     scan_layers: bool = True
+    frozen_param_dtype: str = ""
+    attention: str = "dense"
+    attention_chunk: int = 512
+    loss_chunk: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

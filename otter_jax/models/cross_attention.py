@@ -17,9 +17,20 @@ from otter_jax.models.config import OtterConfig, Policy
 XATTN_FILL = -float(jnp.finfo(jnp.float32).max)
 
 
-def text_time(input_ids: jax.Array, media_token_id: int, offset: jax.Array | int = 0) -> jax.Array:
-    """Cumulative count of `<image>` tokens (the token counts itself), plus `offset` media seen before."""
-    return jnp.cumsum(input_ids == media_token_id, axis=-1, dtype=jnp.int32) + jnp.asarray(offset, jnp.int32)[..., None]
+def text_time(input_ids: jax.Array, media_token_id: int, offset: jax.Array | int = 0,
+              segment_ids: jax.Array | None = None) -> jax.Array:
+    """Cumulative count of `<image>` tokens (the token counts itself), plus `offset` media seen before.
+
+    Packed rows (`segment_ids`): the count runs over the row, as the row's media are its episodes' media in order,
+    but a token whose own episode has shown no `<image>` yet gets 0 (no media), not the previous episode's last."""
+    is_media = (input_ids == media_token_id).astype(jnp.int32)
+    count = jnp.cumsum(is_media, axis=-1, dtype=jnp.int32)
+    if segment_ids is not None:
+        starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                                  segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+        before = jax.lax.cummax(jnp.where(starts, count - is_media, 0), axis=1)  # media of earlier episodes
+        count = jnp.where(count - before == 0, 0, count)
+    return count + jnp.asarray(offset, jnp.int32)[..., None]
 
 
 class MaskedCrossAttention(nnx.Module):

@@ -88,6 +88,80 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, mask: jax.
     return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, lq, h, d)
 
 
+class Visibility(NamedTuple):
+    """Which keys each query may see, described per token instead of as a [B, Lq, Lk] mask.
+
+    Key k is visible from query q iff k_slot <= q_slot (causal), the key is real (k_segment != 0) and both belong
+    to the same packed episode (q_segment == k_segment); a padding query (q_segment 0) sees every real earlier key,
+    as the reference's causal + key-padding mask has it. Unpacked rows use segment = attention_mask."""
+
+    q_slot: jax.Array  # int32 [B, Lq]: sequence slot (row index), drives causality and ALiBi distances
+    k_slot: jax.Array  # int32 [B, Lk]
+    q_segment: jax.Array  # int32 [B, Lq]: packed episode id, 0 = padding
+    k_segment: jax.Array  # int32 [B, Lk]
+
+    @classmethod
+    def causal(cls, segment_ids: jax.Array) -> "Visibility":
+        slots = jnp.broadcast_to(jnp.arange(segment_ids.shape[-1], dtype=jnp.int32), segment_ids.shape)
+        seg = segment_ids.astype(jnp.int32)
+        return cls(slots, slots, seg, seg)
+
+    def block(self, q_slot: jax.Array, q_segment: jax.Array) -> jax.Array:
+        """bool [B, lq, Lk] for a block of queries."""
+        same = (q_segment[:, :, None] == self.k_segment[:, None, :]) | (q_segment[:, :, None] == 0)
+        return (self.k_slot[:, None, :] <= q_slot[:, :, None]) & (self.k_segment[:, None, :] != 0) & same
+
+    def dense(self) -> jax.Array:
+        return self.block(self.q_slot, self.q_segment)
+
+
+ATTENTION_IMPLS = ("dense", "chunked", "fused")
+
+
+def alibi_block(slopes: jax.Array, q_slot: jax.Array, k_slot: jax.Array) -> jax.Array:
+    """float32 [B, H, lq, Lk]: slope * (key slot - query slot), MPT's bias in the form that holds for any block."""
+    rel = (k_slot[:, None, :] - q_slot[:, :, None]).astype(jnp.float32)
+    return slopes[None, :, None, None] * rel[:, None]
+
+
+def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, vis: Visibility, *, scale: float,
+                   slopes: jax.Array | None = None, impl: str = "dense", chunk: int = 512) -> jax.Array:
+    """Attention over a whole sequence (training, scoring, the forward pass), mask and ALiBi built from `vis`.
+
+    impl "dense": the reference computation (float32 [B, H, Lq, Lk] logits, probabilities and bias).
+    impl "chunked": the same arithmetic one block of `chunk` queries at a time, each block rematerialised in the
+    backward pass, so no [B, H, Lq, Lk] array is ever whole: peak attention memory is [B, H, chunk, Lk]; any platform.
+    impl "fused": `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPU, XLA elsewhere), with ALiBi in MPT's
+    own key-only form slope * (k - (Lk - 1)) ([1, H, 1, Lk], equal under softmax) and a bool [B, 1, Lq, Lk] mask.
+    """
+    if impl == "dense" or (impl == "chunked" and q.shape[1] <= chunk):
+        bias = None if slopes is None else alibi_block(slopes, vis.q_slot, vis.k_slot)
+        return attend(q, k, v, scale=scale, mask=vis.dense(), bias=bias)
+    if impl == "fused":
+        bias = None
+        if slopes is not None:
+            key = (jnp.arange(k.shape[1], dtype=jnp.float32) - (k.shape[1] - 1))
+            bias = (slopes[:, None] * key[None])[None, :, None, :].astype(q.dtype)
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=vis.dense()[:, None], scale=scale)
+    if impl != "chunked":
+        raise ValueError(f"Policy.attention={impl!r}: use one of {ATTENTION_IMPLS}")
+    b, lq, h, d = q.shape
+    if lq % chunk:
+        raise ValueError(f"Policy.attention_chunk={chunk} does not divide the sequence length {lq}")
+    n = lq // chunk
+
+    def blocks(x):  # [B, Lq, ...] -> [n, B, chunk, ...]
+        return x.reshape((b, n, chunk) + x.shape[2:]).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one(qb, q_slot, q_seg):
+        bias = None if slopes is None else alibi_block(slopes, q_slot, vis.k_slot)
+        return attend(qb, k, v, scale=scale, mask=vis.block(q_slot, q_seg), bias=bias)
+
+    out = jax.lax.map(lambda xs: one(*xs), (blocks(q), blocks(vis.q_slot), blocks(vis.q_segment)))
+    return out.swapaxes(0, 1).reshape(b, lq, h, d)
+
+
 class KVCache(NamedTuple):
     """One decoder layer's cached keys and values, [B, S, KV, D] each (S = prompt + new tokens)."""
 
@@ -142,6 +216,11 @@ def remat_policy(name: str) -> Callable | None:
         return getattr(jax.checkpoint_policies, name)
     except AttributeError:
         raise ValueError(f"unknown remat policy {name!r}; use 'none', 'full' or a jax.checkpoint_policies name")
+
+
+def checkpointed(fn: Callable, remat: str) -> Callable:
+    """`fn` rematerialised under the named policy (its inputs saved, the rest recomputed in the backward pass)."""
+    return fn if remat == "none" else nnx.remat(fn, policy=remat_policy(remat), prevent_cse=False)
 
 
 def scan(stacked: nnx.Module, carry: Any, body: Callable[..., tuple[Any, Any]], remat: str = "none",

@@ -14,7 +14,9 @@ from otter_jax.models.config import LlamaConfig, Policy
 class AttentionContext(NamedTuple):
     """Per-forward inputs every layer shares; computed once outside the layer scan."""
 
-    mask: jax.Array  # bool [B, Lq, Lk], True = may attend (Lk = cache length when decoding with a cache)
+    # bool [B, Lq, Lk], True = may attend (Lk = cache length when decoding with a cache); or, for whole sequences,
+    # per-token visibility (layers.Visibility) that the attention turns into masks block by block
+    mask: jax.Array | L.Visibility
     cos: jax.Array  # [B, Lq, dim_head], at the queries' positions
     sin: jax.Array
     cache_index: jax.Array | None = None  # where the queries' keys/values are written into the cache
@@ -56,6 +58,7 @@ class LlamaAttention(nnx.Module):
         self.k_proj = L.dense(d, kv * dh, ("embed", "kv_heads"), policy, rngs)
         self.v_proj = L.dense(d, kv * dh, ("embed", "kv_heads"), policy, rngs)
         self.o_proj = L.dense(h * dh, d, ("heads", "embed"), policy, rngs)
+        self.impl, self.chunk = policy.attention, policy.attention_chunk
 
     def __call__(self, x: jax.Array, ctx: AttentionContext, kv: L.KVCache | None = None):
         b, l, _ = x.shape
@@ -63,7 +66,10 @@ class LlamaAttention(nnx.Module):
         k = apply_rope(self.k_proj(x).reshape(b, l, self.kv_heads, self.dim_head), ctx.cos, ctx.sin)
         v = self.v_proj(x).reshape(b, l, self.kv_heads, self.dim_head)
         k, v, kv = L.update_cache(kv, k, v, ctx.cache_index)
-        out = L.attend(q, k, v, scale=self.dim_head ** -0.5, mask=ctx.mask)
+        if isinstance(ctx.mask, L.Visibility):
+            out = L.self_attention(q, k, v, ctx.mask, scale=self.dim_head ** -0.5, impl=self.impl, chunk=self.chunk)
+        else:
+            out = L.attend(q, k, v, scale=self.dim_head ** -0.5, mask=ctx.mask)
         return self.o_proj(out.reshape(b, l, -1)), kv
 
 

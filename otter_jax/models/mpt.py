@@ -14,8 +14,9 @@ from otter_jax.models.config import MptConfig, Policy
 
 
 class AttentionContext(NamedTuple):
-    mask: jax.Array  # bool [B, Lq, Lk]
-    bias: jax.Array  # float32 [B, H, Lq, Lk], ALiBi
+    mask: jax.Array | L.Visibility  # bool [B, Lq, Lk] (cached decoding), or per-token visibility (whole sequences)
+    bias: jax.Array | None  # float32 [B, H, Lq, Lk] ALiBi with a dense mask; None with a Visibility (built per block)
+    slopes: jax.Array | None = None  # [H] ALiBi slopes, with a Visibility
     cache_index: jax.Array | None = None
 
 
@@ -29,15 +30,18 @@ def alibi_slopes(n_heads: int, bias_max: int = 8) -> np.ndarray:
     return slopes.astype(np.float32)
 
 
-def attention_context(cfg: MptConfig, mask: jax.Array, positions: jax.Array,
+def attention_context(cfg: MptConfig, mask: jax.Array | L.Visibility, positions: jax.Array,
                       cache_index: jax.Array | None = None) -> AttentionContext:
     """ALiBi as slope * (key_pos - query_pos): MPT's `slope * (j - (L-1))` shifted per query row, which the softmax
     ignores, and the form that still holds when keys come from a cache. Positions are sequence slots (padding
-    included, as MPT counts them); with a cache the keys are the cache slots 0..Lk-1."""
+    included, as MPT counts them); with a cache the keys are the cache slots 0..Lk-1. With a `Visibility` (whole
+    sequences) the distances come from its slots, block by block, inside the attention."""
+    slopes = jnp.asarray(alibi_slopes(cfg.n_heads, cfg.alibi_bias_max))
+    if isinstance(mask, L.Visibility):
+        return AttentionContext(mask, None, slopes, cache_index)
     key_positions = positions if cache_index is None else jnp.arange(mask.shape[-1], dtype=positions.dtype)[None]
     rel = (key_positions[:, None, :] - positions[:, :, None]).astype(jnp.float32)
-    slopes = jnp.asarray(alibi_slopes(cfg.n_heads, cfg.alibi_bias_max))
-    return AttentionContext(mask, slopes[None, :, None, None] * rel[:, None], cache_index)
+    return AttentionContext(mask, slopes[None, :, None, None] * rel[:, None], None, cache_index)
 
 
 def generation_positions(attention_mask: jax.Array) -> jax.Array:
@@ -51,13 +55,18 @@ class MptAttention(nnx.Module):
         self.heads, self.dim_head = cfg.n_heads, cfg.dim_head
         self.Wqkv = L.dense(d, (3, d), ("embed", None, "heads"), policy, rngs)
         self.out_proj = L.dense(d, d, ("heads", "embed"), policy, rngs)
+        self.impl, self.chunk = policy.attention, policy.attention_chunk
 
     def __call__(self, x: jax.Array, ctx: AttentionContext, kv: L.KVCache | None = None):
         b, l, d = x.shape
         qkv = self.Wqkv(x)  # [B, L, 3, d]
         q, k, v = (qkv[:, :, i].reshape(b, l, self.heads, self.dim_head) for i in range(3))
         k, v, kv = L.update_cache(kv, k, v, ctx.cache_index)
-        out = L.attend(q, k, v, scale=self.dim_head ** -0.5, mask=ctx.mask, bias=ctx.bias)
+        if isinstance(ctx.mask, L.Visibility):
+            out = L.self_attention(q, k, v, ctx.mask, scale=self.dim_head ** -0.5, slopes=ctx.slopes,
+                                   impl=self.impl, chunk=self.chunk)
+        else:
+            out = L.attend(q, k, v, scale=self.dim_head ** -0.5, mask=ctx.mask, bias=ctx.bias)
         return self.out_proj(out.reshape(b, l, d)), kv
 
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from otter_jax import sharding as S
 from otter_jax.models import layers as L
 from otter_jax.models import llama, mpt
 from otter_jax.models.config import OtterConfig, Policy
@@ -39,6 +40,38 @@ class OtterOutput:
     xattn_outputs: jax.Array | None = None  # [num_groups, B, L, d]: outputs of the gated blocks, in layer order
 
 
+ACTIVATION = ("batch", None, None)  # logical axes of [B, L, d] activations at block boundaries
+
+
+def shifted_targets(labels: jax.Array) -> jax.Array:
+    """labels[:, t + 1] at position t (the last position predicts nothing): the target of every position."""
+    return jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], axis=1)
+
+
+def chunked_lm_loss_sum(hidden: jax.Array, kernel: jax.Array, labels: jax.Array, chunk: int) -> jax.Array:
+    """Summed next-token cross-entropy from final hidden states [B, L, d] and the output kernel [d, V], `chunk`
+    positions at a time: each block's [B, chunk, V] float32 logits are made, reduced and rematerialised in the
+    backward pass, so the whole [B, L, V] never exists. Same value as `causal_lm_loss * count` (fp32 rounding)."""
+    b, l, d = hidden.shape
+    if l % chunk:
+        raise ValueError(f"Policy.loss_chunk={chunk} does not divide the sequence length {l}")
+    n = l // chunk
+    targets = shifted_targets(labels).reshape(b, n, chunk).swapaxes(0, 1)
+    blocks = hidden.reshape(b, n, chunk, d).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one(total, xs):
+        h, t = xs
+        logits = jnp.einsum("bcd,dv->bcv", h, kernel.astype(h.dtype), preferred_element_type=jnp.float32)
+        logits = S.constrain(logits, ("batch", None, "vocab"))
+        valid = t != IGNORE_INDEX
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, t, 0))
+        return total + jnp.sum(jnp.where(valid, ce, 0.0)), None
+
+    total, _ = jax.lax.scan(one, jnp.zeros((), jnp.float32), (blocks, targets))
+    return total
+
+
 def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean cross-entropy of logits[:, t] against labels[:, t + 1] over labels != -100 (upstream rule)."""
     targets = labels[:, 1:]
@@ -57,20 +90,37 @@ class DecodeCache(NamedTuple):
     tail: tuple[L.KVCache, ...]
 
 
+def _run_layer(layer, x, ctx, kv):
+    return layer(x, ctx, kv)
+
+
+def _run_block(block, x, media, text_time, media_kv):
+    return block(x, media, text_time, media_kv)
+
+
 class DecoderGroup(nnx.Module):
+    """`cross_attn_every_n_layers` decoder layers with the gated block before the last. Under a remat policy each
+    layer and the block are rematerialised on their own (their inputs saved: ~L*d per sequence each), so the
+    backward pass holds one layer's internals at a time; decoding with a cache never remats."""
+
     def __init__(self, cfg: OtterConfig, arch: ModuleType, policy: Policy, rngs: nnx.Rngs):
         self.layers = nnx.List([arch.DecoderLayer(cfg.text, policy, rngs) for _ in range(cfg.cross_attn_every_n_layers)])
         self.gated_cross_attn = GatedCrossAttentionBlock(cfg, policy, rngs)
+        self.remat = policy.remat
 
     def __call__(self, x, media, text_time, ctx, collect: bool, kv: tuple[L.KVCache, ...] | None = None,
                  media_kv=None):
+        remat = self.remat if kv is None else "none"
+        run_layer, run_block = L.checkpointed(_run_layer, remat), L.checkpointed(_run_block, remat)
         inputs, xattn_out, new_kv = [], None, []
         for j, layer in enumerate(self.layers):
             if collect:
                 inputs.append(x)
             if j == len(self.layers) - 1:
-                x = xattn_out = self.gated_cross_attn(x, media, text_time, media_kv)
-            x, layer_kv = layer(x, ctx, None if kv is None else kv[j])
+                x = xattn_out = S.constrain(run_block(self.gated_cross_attn, x, media, text_time, media_kv),
+                                            ACTIVATION)
+            x, layer_kv = run_layer(layer, x, ctx, None if kv is None else kv[j])
+            x = S.constrain(x, ACTIVATION)
             new_kv.append(layer_kv)
         return x, ((jnp.stack(inputs), xattn_out) if collect else None, None if kv is None else tuple(new_kv))
 
@@ -99,14 +149,16 @@ class Otter(nnx.Module):
     def encode_vision(self, vision_x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """vision_x [B, T, F, C, H, W] -> (CLIP last hidden state [B*T*F, 1+v, D], perceiver latents [B, T, n, D])."""
         b, t, f = vision_x.shape[:3]
-        hidden = self.vision_encoder(vision_x.reshape((b * t * f,) + vision_x.shape[3:]))
+        hidden = self.vision_encoder(S.constrain(vision_x.reshape((b * t * f,) + vision_x.shape[3:]),
+                                                 ("batch", None, None, None)))
+        hidden = S.constrain(hidden, ACTIVATION)
         patches = hidden[:, 1:].reshape(b, t, f, hidden.shape[1] - 1, hidden.shape[2])
-        return hidden, self.perceiver(patches)
+        return hidden, S.constrain(self.perceiver(patches), ("batch", None, None, None))
 
     def decode(self, input_ids: jax.Array, media: jax.Array, mask: jax.Array, positions: jax.Array,
                text_time: jax.Array, collect: bool = False, cache: DecodeCache | None = None,
                cache_index: jax.Array | None = None, last_only: bool = False,
-               groups: list[DecoderGroup] | None = None, media_kv: list | None = None
+               groups: list[DecoderGroup] | None = None, media_kv: list | None = None, head: bool = True
                ) -> tuple[jax.Array, Any, DecodeCache | None]:
         """Run the language model on token ids with the given media latents.
 
@@ -115,10 +167,12 @@ class Otter(nnx.Module):
         `last_only` computes logits at the last position only (a prefill needs no others); `groups` (from
         `unstacked_groups()`) runs the groups one after another instead of scanning (with the unrolled cache layout),
         and may come with each group's precomputed media keys/values (`media_kv`, from `project_media`).
+        `mask` may also be a `layers.Visibility` (whole sequences: masks are then built block by block).
+        `head=False` returns the final-norm hidden states instead of logits (for `chunked_lm_loss_sum`).
         Returns (float32 logits, intermediates or None, updated cache or None)."""
         arch = ARCHITECTURES[self.cfg.text_model_type]
         ctx = arch.attention_context(self.cfg.text, mask, positions, cache_index)
-        x = self.embed_tokens(input_ids)
+        x = S.constrain(self.embed_tokens(input_ids), ACTIVATION)
         if groups is not None:
             group_kv = []
             for g, group in enumerate(groups):
@@ -126,19 +180,23 @@ class Otter(nnx.Module):
                                    None if media_kv is None else media_kv[g])
                 group_kv.append(kv)
             ys = (None, tuple(group_kv))
-        elif cache is None:
-            x, ys = L.scan(self.groups, x, lambda g, h: g(h, media, text_time, ctx, collect), self.policy.remat)
+        elif cache is None:  # remat is applied per layer inside each group (DecoderGroup)
+            x, ys = L.scan(self.groups, x, lambda g, h: g(h, media, text_time, ctx, collect))
         else:
             x, ys = L.scan(self.groups, x, lambda g, h, kv: g(h, media, text_time, ctx, collect, kv),
-                           self.policy.remat, xs=cache.groups)
+                           xs=cache.groups)
         collected, group_kv = ys
         tail_inputs, tail_kv = [], []
+        run_layer = L.checkpointed(_run_layer, self.policy.remat if cache is None else "none")
         for t, layer in enumerate(self.tail):
             tail_inputs.append(x)
-            x, kv = layer(x, ctx, None if cache is None else cache.tail[t])
+            x, kv = run_layer(layer, x, ctx, None if cache is None else cache.tail[t])
+            x = S.constrain(x, ACTIVATION)
             tail_kv.append(kv)
         new_cache = None if cache is None else DecodeCache(group_kv, tuple(tail_kv))
-        x = self.norm(x[:, -1:] if last_only else x)
+        x = S.constrain(self.norm(x[:, -1:] if last_only else x), ACTIVATION)
+        if not head:
+            return x, None, new_cache
         logits = (self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)).astype(jnp.float32)
         if not collect:
             return logits, None, new_cache
@@ -178,19 +236,45 @@ class Otter(nnx.Module):
         return ARCHITECTURES[self.cfg.text_model_type].generation_positions(attention_mask)
 
     # ------------------------------------------------------------------------------------------------ forward
-    def __call__(self, vision_x, input_ids, attention_mask=None, labels=None, *, text_time=None,
-                 output_intermediates: bool = False) -> OtterOutput:
-        """Forward pass as the reference computes it (positions 0..L-1, causal + key-padding mask)."""
+    def head_kernel(self) -> jax.Array:
+        """The output projection as a [d, V] matrix (the tied input embedding, transposed, for MPT)."""
+        return self.embed_tokens.embedding[...].T if self.lm_head is None else self.lm_head.kernel[...]
+
+    def _inputs(self, vision_x, input_ids, attention_mask, text_time, segment_ids, positions):
+        """Media latents, per-token visibility, positions and text_time of a whole-sequence forward pass.
+
+        Unpacked rows: segment = attention_mask, positions 0..L-1 (the reference). Packed rows (`segment_ids`,
+        1, 2, ... per episode, 0 on padding, and `positions` restarting per episode): each episode sees only its
+        own tokens, and its text_time counts only its own `<image>` tokens, as the media of a row are the packed
+        episodes' media in order."""
         vision_x = jnp.asarray(vision_x, self.policy.dtype)
         input_ids = jnp.asarray(input_ids, jnp.int32)
         b, l = input_ids.shape
         attention_mask = jnp.ones((b, l), bool) if attention_mask is None else jnp.asarray(attention_mask) != 0
+        segments = attention_mask.astype(jnp.int32) if segment_ids is None else jnp.asarray(segment_ids, jnp.int32)
         if text_time is None:
-            text_time = compute_text_time(input_ids, self.media_token_id)
+            text_time = compute_text_time(input_ids, self.media_token_id, segment_ids=segment_ids)
         vis_hidden, media = self.encode_vision(vision_x)
-        mask = jnp.tril(jnp.ones((l, l), bool))[None] & attention_mask[:, None, :]
-        positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-        logits, inter, _ = self.decode(input_ids, media, mask, positions, text_time, collect=output_intermediates)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+        return input_ids, vis_hidden, media, L.Visibility.causal(segments), jnp.asarray(positions, jnp.int32), \
+            text_time
+
+    def final_hidden(self, vision_x, input_ids, attention_mask=None, *, segment_ids=None, positions=None
+                     ) -> jax.Array:
+        """Final-norm hidden states [B, L, d] (what the output head reads): training's chunked loss starts here."""
+        ids, _, media, vis, positions, text_time = self._inputs(vision_x, input_ids, attention_mask, None,
+                                                                segment_ids, positions)
+        return self.decode(ids, media, vis, positions, text_time, head=False)[0]
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def __call__(self, vision_x, input_ids, attention_mask=None, labels=None, *, text_time=None,
+                 segment_ids=None, positions=None, output_intermediates: bool = False) -> OtterOutput:
+        """Forward pass as the reference computes it (positions 0..L-1, causal + key-padding mask); packed rows
+        with `segment_ids` / `positions` (see `_inputs`)."""
+        ids, vis_hidden, media, vis, positions, text_time = self._inputs(
+            vision_x, input_ids, attention_mask, text_time, segment_ids, positions)
+        logits, inter, _ = self.decode(ids, media, vis, positions, text_time, collect=output_intermediates)
         loss = None if labels is None else causal_lm_loss(logits, jnp.asarray(labels, jnp.int32))
         if not output_intermediates:
             return OtterOutput(logits=logits, loss=loss, text_time=text_time)

@@ -50,3 +50,12 @@ def otter(text_config: dict[str, Any], cross_attn_every_n_layers: int, max_num_f
     if max_num_frames:
         d["max_num_frames"] = max_num_frames
     return d
+
+
+def pod_policy(**changes) -> dict[str, Any]:
+    """How the 7B presets run on accelerators (each choice's memory is measured in README "Fitting 7B on a pod"):
+    bf16 compute; frozen towers stored in bf16, trainable parameters fp32 masters; each decoder layer and gated block
+    rematerialised; attention in blocks of 512 queries; the loss 256 positions at a time."""
+    return {"dtype": "bfloat16", "param_dtype": "float32", "frozen_param_dtype": "bfloat16",
+            "remat": "nothing_saveable", "attention": "chunked", "attention_chunk": 512, "loss_chunk": 256,
+            **changes}

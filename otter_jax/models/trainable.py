@@ -24,3 +24,17 @@ def trainable_filter(train_lm: bool = False, train_vision: bool = False) -> nnx.
         return is_trainable(".".join(map(str, canonical_path(path))), train_lm, train_vision)
 
     return nnx.All(nnx.Param, keep)
+
+
+def cast_frozen(model: nnx.Module, dtype: str, train_lm: bool = False, train_vision: bool = False) -> nnx.Module:
+    """Store every parameter training does not update in `dtype` (e.g. bfloat16), in place; trainable ones keep
+    theirs (the fp32 master). Works on abstract models (inside `nnx.eval_shape`) and on loaded ones."""
+    import jax.numpy as jnp
+
+    if not dtype:
+        return model
+    keep = trainable_filter(train_lm, train_vision)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if not keep(path, var):
+            var.set_value(var.get_value().astype(jnp.dtype(dtype)))
+    return model

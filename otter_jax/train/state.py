@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from otter_jax import sharding as S
 from otter_jax.models import Otter
 from otter_jax.models.config import OtterConfig, Policy
+from otter_jax.models.trainable import cast_frozen
 from otter_jax.train.optim import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ class TrainState:
 def builder(cfg: OtterConfig, policy: Policy, c: ml_collections.ConfigDict) -> Callable[[], tuple]:
     """A function building (model, optimizer) with random weights, for eval_shape or a sharded jit."""
     def make():
-        model = Otter(cfg, policy, rngs=nnx.Rngs(c.train.seed))
+        model = cast_frozen(Otter(cfg, policy, rngs=nnx.Rngs(c.train.seed)), policy.frozen_param_dtype,
+                            c.train.train_lm, c.train.train_vision)
         return model, make_optimizer(model, c.optim, c.train.steps, c.train.train_lm, c.train.train_vision)
 
     return make
@@ -62,6 +64,7 @@ def create(cfg: OtterConfig, policy: Policy, c: ml_collections.ConfigDict, mesh:
     shardings = S.state_shardings(abstract, mesh, rules)
     if c.train.init_from:
         model, cfg = load_weights(c.train.init_from, cfg, policy, mesh, rules)
+        cast_frozen(model, policy.frozen_param_dtype, c.train.train_lm, c.train.train_vision)
         opt = make_optimizer(model, c.optim, c.train.steps, c.train.train_lm, c.train.train_vision)
         state = jax.device_put(nnx.state((model, opt)), shardings)
         graphdef = nnx.graphdef((model, opt))

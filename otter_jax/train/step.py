@@ -16,12 +16,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from otter_jax import sharding as S
 from otter_jax.data.images import normalize_on_device
-from otter_jax.models.otter import IGNORE_INDEX, causal_lm_loss
+from otter_jax.models.otter import IGNORE_INDEX, causal_lm_loss, chunked_lm_loss_sum
 from otter_jax.models.trainable import trainable_filter
 from otter_jax.train.state import TrainState
 
 MODEL_INPUTS = ("vision_x", "input_ids", "attention_mask", "labels")
+PACKED_INPUTS = ("segment_ids", "positions")  # present when the loader packs several episodes per row
 Batch = dict[str, jax.Array]
+
+
+def model_inputs(batch: Batch) -> Batch:
+    return {k: batch[k] for k in MODEL_INPUTS + PACKED_INPUTS if k in batch}
 
 
 def count_targets(labels: jax.Array) -> jax.Array:
@@ -34,8 +39,12 @@ def loss_sum(model: nnx.Module, batch: Batch) -> tuple[jax.Array, jax.Array]:
     vision_x = batch["vision_x"]
     dtype = jnp.dtype(model.policy.dtype)
     vision_x = normalize_on_device(vision_x, dtype) if vision_x.dtype == jnp.uint8 else vision_x.astype(dtype)
-    out = model(vision_x, batch["input_ids"], attention_mask=batch["attention_mask"])
+    packed = {k: batch[k] for k in PACKED_INPUTS if k in batch}
     n = count_targets(batch["labels"])
+    if model.policy.loss_chunk:
+        hidden = model.final_hidden(vision_x, batch["input_ids"], batch["attention_mask"], **packed)
+        return chunked_lm_loss_sum(hidden, model.head_kernel(), batch["labels"], model.policy.loss_chunk), n
+    out = model(vision_x, batch["input_ids"], attention_mask=batch["attention_mask"], **packed)
     return causal_lm_loss(out.logits, batch["labels"]) * n, n
 
 
@@ -50,13 +59,21 @@ def split_micro_batches(batch: Batch, k: int, sharding: NamedSharding | None) ->
 
 
 def train_step_fn(graphdef: nnx.GraphDef, grad_accum: int, schedule: Callable, train_lm: bool, train_vision: bool,
-                  micro_sharding: NamedSharding | None = None) -> Callable:
-    """The pure step (state, batch) -> (state, metrics), before jit; `micro_sharding` places [k, B/k, ...]."""
+                  micro_sharding: NamedSharding | None = None, mesh: Mesh | None = None,
+                  rules: S.Rules = S.DEFAULT_RULES) -> Callable:
+    """The pure step (state, batch) -> (state, metrics), before jit; `micro_sharding` places [k, B/k, ...]; with
+    a `mesh`, activations are pinned to it at block boundaries (`sharding.constrain`)."""
     wrt = trainable_filter(train_lm, train_vision)
 
     def step(state: nnx.State, batch: Batch):
+        if mesh is None:
+            return _step(state, batch)
+        with S.activation_sharding(mesh, rules):
+            return _step(state, batch)
+
+    def _step(state: nnx.State, batch: Batch):
         model, opt = nnx.merge(graphdef, state)
-        batch = {k: batch[k] for k in MODEL_INPUTS}
+        batch = model_inputs(batch)
         mgraph, params, rest = nnx.split(model, wrt, ...)
         denom = jnp.maximum(count_targets(batch["labels"]), 1).astype(jnp.float32)
 
@@ -93,7 +110,7 @@ def jit_train_step(ts: TrainState, mesh: Mesh, rules: S.Rules, grad_accum: int, 
                    train_lm: bool = False, train_vision: bool = False) -> Callable:
     """jit of the step with the state's shardings in and out, the batch split over the data axes, the state donated."""
     fn = train_step_fn(ts.graphdef, grad_accum, schedule, train_lm, train_vision,
-                       micro_batch_sharding(mesh, rules))
+                       micro_batch_sharding(mesh, rules), mesh, rules)
     return jax.jit(fn, in_shardings=(ts.shardings, S.batch_sharding(mesh, rules, 2)),
                    out_shardings=(ts.shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
 
@@ -102,7 +119,8 @@ def jit_eval_step(ts: TrainState, mesh: Mesh, rules: S.Rules) -> Callable:
     """(state, batch) -> (summed loss, answer-token count) for the validation loss."""
     def step(state, batch):
         model, _ = nnx.merge(ts.graphdef, state)
-        return loss_sum(model, {k: batch[k] for k in MODEL_INPUTS})
+        with S.activation_sharding(mesh, rules):
+            return loss_sum(model, model_inputs(batch))
 
     return jax.jit(step, in_shardings=(ts.shardings, S.batch_sharding(mesh, rules, 2)),
                    out_shardings=NamedSharding(mesh, P()))
