@@ -3,7 +3,8 @@ global (2, 2, 2) mesh and writes its result as JSON.
 
 usage: python dist_worker.py PORT NUM_PROCESSES PROCESS_ID WORKDIR OUT_JSON [DEMO_ROOT [SIGTERM_AT]]
 DEMO_ROOT: train on that demo store (train_helpers.store_config) instead of synthetic batches. SIGTERM_AT: process 1
-sends itself a SIGTERM while fetching the batch of that step (a preemption notice reaching one host only).
+sends itself a SIGTERM while fetching the batch of that step (a preemption notice reaching one host only); then both
+export the model of the stopped state to WORKDIR/model_at_stop together (a collective save).
 """
 import json
 import os
@@ -45,6 +46,9 @@ def main(port: str, nproc: str, pid: str, workdir: str, out: str, demo_root: str
         sigterm_at(int(at))
     r = loop.train(c)
     import jax
+
+    if at:
+        loop.export_model(r.state, os.path.join(workdir, "model_at_stop"), c.data.tokenizer)
 
     with open(out, "w") as fh:
         json.dump({"losses": r.losses, "eval": r.eval_losses, "process_count": jax.process_count(),
