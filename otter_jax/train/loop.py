@@ -38,7 +38,7 @@ class Result:
     eval_losses: dict[int, float]
     preempted: bool = False
     state: ST.TrainState | None = None  # the final train state (for callers that go on in-process)
-    model_dir: str | None = None  # the exported model checkpoint (single-process runs on a local disk)
+    model_dir: str | None = None  # the exported model (not after a preemption: `convert --from-checkpoint`)
 
 
 class Preemption:
@@ -197,9 +197,11 @@ def train(c: ml_collections.ConfigDict) -> Result:
         result.model_dir = export_model(ts, _join(workdir, "model"), c.data.get("tokenizer") or None)
     if main:
         where = f"checkpoints in {result.checkpoint_dir}" if ckpt is not None else "checkpoints disabled"
-        if result.preempted:
+        if result.preempted and ckpt is not None:
             print(f"preempted at step {step}: checkpoint {result.checkpoint_dir}/{step} saved; run the same command "
                   f"to resume", flush=True)
+        elif result.preempted:
+            print(f"preempted at step {step}: checkpoints are disabled, nothing was saved", flush=True)
         else:
             print(f"done at step {step}: {where}, TensorBoard: tensorboard --logdir {tb_dir}", flush=True)
         if result.model_dir:
