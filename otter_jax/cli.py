@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 
@@ -51,7 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     verbose = any(a in ("-v", "--verbose") for a in rest)
     from otter_jax.quiet import quiet_output
-    quiet_output(verbose)
+    set_here = quiet_output(verbose)
+    try:
+        return _run(name, rest, verbose)
+    finally:   # in-process callers (tests, notebooks) get their environment back
+        for k in set_here:
+            os.environ.pop(k, None)
+
+
+def _run(name: str, rest: list[str], verbose: bool) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     cmd_parser = argparse.ArgumentParser(prog=f"otter-jax {name}", description=COMMANDS[name][1])
     module.add_arguments(cmd_parser)

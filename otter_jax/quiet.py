@@ -63,13 +63,16 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-def quiet_output(verbose: bool = False) -> None:
+def quiet_output(verbose: bool = False) -> list[str]:
+    """Quiet what follows; returns the environment variables it set (an in-process caller may unset them)."""
     if verbose:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        return []
+    wanted = {"TF_CPP_MIN_LOG_LEVEL": "2", "TRANSFORMERS_VERBOSITY": "error"}
     if not sys.stderr.isatty():
-        os.environ.setdefault("TQDM_DISABLE", "1")
+        wanted["TQDM_DISABLE"] = "1"
+    set_here = [k for k in wanted if k not in os.environ]
+    for k in set_here:
+        os.environ[k] = wanted[k]
     for name, hook in HOOKS.items():
         if name in sys.modules:
             hook(sys.modules[name])
@@ -77,3 +80,4 @@ def quiet_output(verbose: bool = False) -> None:
         finder = _AfterImport()
         if finder.pending:
             sys.meta_path.insert(0, finder)
+    return set_here

@@ -2,6 +2,7 @@
 
 With the gates at 0 the built model must compute exactly the base LM on text (checked against HF's PyTorch model),
 the tokenizer must carry Otter's special tokens, and bad input must fail before anything is written."""
+import re
 import shutil
 
 import numpy as np
@@ -170,11 +171,11 @@ def _assert_nothing_written(out):
     assert not out.exists() and not list(out.parent.glob(f".{out.name}.tmp-*"))
 
 
-def test_missing_lm_directory(bases, tmp_path):
+def test_missing_lm_directory(bases, tmp_path, capsys):
     out = tmp_path / "init"
-    with pytest.raises(convert.CheckpointError, match="language model directory .*no_such_lm.* does not exist"):
-        cli_main(["init", "--vision", str(bases["root"] / "clip"), "--lm", str(tmp_path / "no_such_lm"),
-                  "--out", str(out)])
+    assert cli_main(["init", "--vision", str(bases["root"] / "clip"), "--lm", str(tmp_path / "no_such_lm"),
+                     "--out", str(out)]) == 2   # a user mistake: one line on stderr, exit 2
+    assert re.search("language model directory .*no_such_lm.* does not exist", capsys.readouterr().err)
     _assert_nothing_written(out)
 
 

@@ -85,7 +85,8 @@ def tokens_from_tokenizer(tokenizer_dir: str) -> SpecialTokens:
 
 def read_config(src_dir: str, tokenizer: str | None = None) -> OtterConfig:
     """The model config with its special token ids: from `tokenizer` (a folder) when given, else from the
-    checkpoint's tokenizer files, else from the original's rule on the base tokenizer (with a warning)."""
+    checkpoint's tokenizer files, else from the original's rule on the base tokenizer (with a warning). When the
+    rule cannot apply (unknown base, ids beyond the vocab) the config comes back without ids, with a warning."""
     path = os.path.join(src_dir, "config.json")
     if not os.path.exists(path):
         raise CheckpointError(f"{src_dir}: no config.json")
@@ -100,7 +101,11 @@ def read_config(src_dir: str, tokenizer: str | None = None) -> OtterConfig:
     else:
         tokens = find_special_tokens(src_dir, d.get("text_config"))
         if tokens is None:
-            tokens = original_rule_tokens(d.get("text_config") or {}, cfg.text_model_type, src_dir)
+            try:
+                tokens = original_rule_tokens(d.get("text_config") or {}, cfg.text_model_type, src_dir)
+            except CheckpointError as e:   # the weights still load (conversion, inspection); running needs ids
+                log.warning("%s; the model has no special token ids until they are given", e)
+                return cfg
     if max(tokens.media, tokens.endofchunk, tokens.answer) >= cfg.text.vocab_size:
         raise CheckpointError(f"{src_dir}: special token ids {dataclasses.asdict(tokens)} do not fit the model's "
                               f"vocab_size {cfg.text.vocab_size}")
