@@ -285,16 +285,26 @@ def held_out(record_id: str, fraction: float) -> bool:
 
 
 def split_queries(records: dict[tuple[str, str], dict], fraction: float) -> set[tuple[str, str]]:
-    """Keys (dataset, id) of the validation queries: a `fraction` of the query ids drawn by id, minus any id that a
-    training query uses as an in-context example (its answer would be trained on). Decided per id, so an
-    instructions file listed under several datasets holds the same records out in all of them."""
-    val_ids = {k[1] for k, r in records.items() if r["is_query"] and held_out(k[1], fraction)}
-    while True:
-        in_context = {c for k, r in records.items() if r["is_query"] and k[1] not in val_ids for c in r["context_ids"]}
-        moved = val_ids & in_context
-        if not moved:
-            return {k for k, r in records.items() if r["is_query"] and k[1] in val_ids}
-        val_ids -= moved
+    """Keys (dataset, id) of the validation queries. Records linked as in-context examples (a conversation, an
+    in-context set) form one group held out or kept whole, drawn by its smallest id with probability `fraction`:
+    so no held-out record is ever part of a training episode, as query or as context. By id, so an instructions
+    file listed under several datasets holds the same records out in all of them."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for k, r in records.items():
+        if r["is_query"]:
+            for c in r["context_ids"]:
+                a, b = find(k[1]), find(c)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)  # the root is the group's smallest id
+    return {k for k, r in records.items() if r["is_query"] and held_out(find(k[1]), fraction)}
 
 
 def _build_instructions(out: Path, specs, counter: SkipCounter, log, val_fraction: float = 0.0

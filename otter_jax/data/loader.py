@@ -28,13 +28,14 @@ from typing import Any, Callable
 import grain
 import numpy as np
 
-from otter_jax.data import episodes, images
+from otter_jax.data import episodes, images, packing
 from otter_jax.data.bad_input import REASONS, BadRecord, SkipCounter
 from otter_jax.data.mimicit import GROUPS
 from otter_jax.data.store import Store
 from otter_jax.data.tokenizer import special_ids
 
 MODEL_KEYS = ("vision_x", "input_ids", "attention_mask", "labels", "media_mask")
+PACKED_KEYS = ("segment_ids", "positions")  # with pack_episodes > 1 (otter_jax/data/packing.py)
 SPLITS = ("train", "val")
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class LoaderConfig:
     global_batch_size: int | None = None  # None: batch_size * shard_count
     split: str = "train"                # "val": the held-out queries of a store built with --val-fraction
     once: bool = False                  # every record exactly once, group after group, last batches padded (eval)
+    pack_episodes: int = 1              # > 1: each row packs this many consecutive records of the global order
 
     def media_shape(self, group: str) -> tuple[int, int]:
         if group in ("IMAGE_TEXT", "IMAGE_TEXT_IN_CONTEXT"):
@@ -134,7 +136,7 @@ class GlobalOrder:
         with self._lock:
             perm = self._perms.get(key)
             if perm is None:
-                if len(self._perms) > 4 * len(self.names):  # a window spans at most two epochs of a group
+                if len(self._perms) > 3 * len(self.names):  # a window spans at most two epochs of a group
                     self._perms.clear()
                 perm = np.random.default_rng([self.seed, g, epoch]).permutation(len(self.records[g]))
                 self._perms[key] = perm
@@ -189,6 +191,45 @@ class MakeExample:
         self.sp = special_ids(tokenizer)
 
     def __call__(self, index: int) -> dict[str, np.ndarray]:
+        ep, vision = self.episode(index)
+        media_mask = np.zeros(len(self._zeros_vision()), bool)
+        media_mask[:len(vision)] = True
+        out = episodes.pad_to(ep, self.cfg.max_seq_len, self.sp.pad)
+        out["vision_x"] = self._pixels(np.concatenate([vision, self._zeros_vision()[len(vision):]]))
+        out["media_mask"] = media_mask
+        return out
+
+    def _pixels(self, vision: np.ndarray) -> np.ndarray:
+        return images.normalize_host(vision) if self.cfg.pixel_dtype == "float32" else vision
+
+    def packed(self, indices) -> tuple[dict[str, np.ndarray], list[BadRecord]]:
+        """One packed row from consecutive records (first fit); records that cannot be used or do not fit the row
+        come back as BadRecords (counted like skipped records)."""
+        eps, bad = [], []
+        for index in indices:
+            if index < 0:
+                continue
+            try:
+                ep, vision = self.episode(int(index))
+            except BadRecord as e:
+                bad.append(e)
+                continue
+            eps.append((ep, vision))
+        keep = packing.fits([len(e.input_ids) for e, _ in eps], [len(v) for _, v in eps], self.cfg.max_seq_len,
+                            len(self._zeros_vision()))
+        for (ep, _), ok in zip(eps, keep):
+            if not ok:
+                bad.append(BadRecord("pack_overflow", ep.record_id, ep.file,
+                                     f"{len(ep.input_ids)} tokens / {len(ep.media)} media did not fit the packed row "
+                                     f"(lower data.pack_episodes, or raise max_seq_len / max_media)"))
+        row = packing.pack_row([{"input_ids": e.input_ids, "labels": e.labels, "vision": v}
+                                for (e, v), ok in zip(eps, keep) if ok], self.cfg.max_seq_len,
+                               self._zeros_vision().shape, self.sp.pad)
+        row["vision_x"] = self._pixels(row["vision_x"])
+        return row, bad
+
+    def episode(self, index: int) -> tuple[episodes.Episode, np.ndarray]:
+        """(unpadded episode, its media [m, F, 3, S, S] uint8) of store query `index`."""
         cfg, ins = self.cfg, self.store.instructions
         rec = ins[index]
         rid, src = rec["id"].decode(), rec["source"].decode()
@@ -197,7 +238,7 @@ class MakeExample:
         ep = episodes.build_episode(self.group, turns, self.tok, self.sp, max_seq_len=cfg.max_seq_len,
                                     max_media=cfg.max_media if self.group != "VIDEO_TEXT" else 1,
                                     num_frames=cfg.num_frames, record_id=rid, file=src)
-        vision = self._zeros_vision()
+        vision = self._zeros_vision()[:len(ep.media)]
         decoded: dict[int, np.ndarray] = {}
         for t, frames in enumerate(ep.media):
             for f, image_index in enumerate(frames):
@@ -210,12 +251,7 @@ class MakeExample:
                         raise BadRecord("bad_image", img["id"].decode(), img["source"].decode(),
                                         f"cannot decode (used by {rid!r}): {e}") from None
                 vision[t, f] = decoded[image_index]
-        media_mask = np.zeros(len(vision), bool)
-        media_mask[:len(ep.media)] = True
-        out = episodes.pad_to(ep, cfg.max_seq_len, self.sp.pad)
-        out["vision_x"] = images.normalize_host(vision) if cfg.pixel_dtype == "float32" else vision
-        out["media_mask"] = media_mask
-        return out
+        return ep, vision
 
     def _zeros_vision(self) -> np.ndarray:
         T, F = self.cfg.media_shape(self.group)
@@ -224,13 +260,14 @@ class MakeExample:
     def empty(self) -> dict[str, np.ndarray]:
         """A row that supervises nothing (labels all ignored): what a padded or skipped slot holds. One attended
         token keeps every attention row non-empty (no NaN from a fully masked softmax)."""
+        if self.cfg.pack_episodes > 1:
+            return self.packed([])[0]
         L = self.cfg.max_seq_len
         mask = np.zeros(L, np.int32)
         mask[0] = 1
         vision = self._zeros_vision()
         return {"input_ids": np.full(L, self.sp.pad, np.int32), "attention_mask": mask,
-                "labels": np.full(L, episodes.IGNORE, np.int32),
-                "vision_x": images.normalize_host(vision) if self.cfg.pixel_dtype == "float32" else vision,
+                "labels": np.full(L, episodes.IGNORE, np.int32), "vision_x": self._pixels(vision),
                 "media_mask": np.zeros(len(vision), bool)}
 
 
@@ -239,12 +276,25 @@ class HostBatch(grain.transforms.Map):
 
     def __init__(self, store: Store, tokenizer, cfg: LoaderConfig, order: GlobalOrder, rows: np.ndarray):
         self.order, self.rows, self.strict = order, np.asarray(rows), cfg.strict
+        self.pack = cfg.pack_episodes
         self.make = {g: MakeExample(store, tokenizer, cfg, g) for g in order.names}
 
     def map(self, k):
         group, epoch, records = self.order.batch(int(k))
         make = self.make[group]
         skipped, messages, rows = np.zeros(len(REASONS), np.int32), {}, []
+        if self.pack > 1:  # row r packs records [r * pack, (r + 1) * pack) of the global batch
+            for indices in records.reshape(-1, self.pack)[self.rows]:
+                row, bad = make.packed(indices)
+                if bad and self.strict:
+                    raise bad[0]
+                for e in bad:
+                    skipped[REASONS.index(e.reason)] += 1
+                    messages.setdefault(e.reason, str(e))
+                rows.append(row)
+            batch = {key: np.stack([r[key] for r in rows]) for key in MODEL_KEYS + PACKED_KEYS}
+            return batch | {"_skipped": skipped, "_skip_examples": messages, "_epoch": np.int32(epoch),
+                            "_step": np.int32(k)}
         for index in records[self.rows]:
             if index < 0:
                 rows.append(make.empty())
@@ -290,7 +340,7 @@ def global_order(store: Store, cfg: LoaderConfig) -> GlobalOrder:
     if unknown:
         raise ValueError(f"group_weights names unknown groups {sorted(unknown)}")
     G = cfg.global_batch_size or cfg.batch_size * (cfg.shard_count or 1)
-    return GlobalOrder(groups, weights, G, cfg.seed, cfg.num_epochs, once=cfg.once)
+    return GlobalOrder(groups, weights, G * max(cfg.pack_episodes, 1), cfg.seed, cfg.num_epochs, once=cfg.once)
 
 
 def _resolve(cfg: LoaderConfig) -> LoaderConfig:
@@ -344,7 +394,8 @@ def make_dataset(store: Store | str, tokenizer, cfg: LoaderConfig, sharding=None
 
 def split_meta(batch: dict) -> tuple[dict, dict]:
     """(model inputs, bookkeeping) of one batch."""
-    return {k: batch[k] for k in MODEL_KEYS}, {k: batch[k] for k in batch if k not in MODEL_KEYS}
+    keys = [k for k in MODEL_KEYS + PACKED_KEYS if k in batch]
+    return {k: batch[k] for k in keys}, {k: batch[k] for k in batch if k not in keys}
 
 
 def batch_sharding(mesh, data_axes=("data",)):
@@ -396,8 +447,7 @@ class LoaderIterator(grain.DatasetIterator):
             self.epoch = int(batch["_epoch"])
             log.info("data epoch %d reached at step %d: %s", self.epoch, self.step, self.skips.report())
         if self.sharding is not None:
-            return to_global(batch, self.sharding, self.global_batch) | {k: batch[k] for k in batch
-                                                                          if k not in MODEL_KEYS}
+            return to_global(batch, self.sharding, self.global_batch) | split_meta(batch)[1]
         return batch
 
     def metrics(self) -> dict[str, int]:
