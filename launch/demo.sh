@@ -11,7 +11,8 @@ bash scripts/install.sh
 [ "${FRESH:-0}" = 1 ] && rm -rf "$OUT"
 mkdir -p "$OUT"
 [ -f "$OUT/data/demo.yaml" ] || .venv/bin/otter-jax data demo --out "$OUT/data"
-# 20% of the queries are held out (the store's validation split): the validation loss is on examples never trained on.
+# Hold out ~20% of the queries (whole conversations / in-context sets) as the store's validation split: the
+# validation loss printed during training is on examples never trained on.
 [ -f "$OUT/store/manifest.json" ] || .venv/bin/otter-jax data build --yaml "$OUT/data/demo.yaml" --out "$OUT/store" \
   --val-fraction 0.2
 .venv/bin/otter-jax train --config "configs/demo.py:$OUT" "$@"
