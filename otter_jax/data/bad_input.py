@@ -20,6 +20,7 @@ REASONS = (
     "too_long",            # query chunk alone exceeds max_seq_len even after dropping every in-context chunk
     "too_many_media",      # query chunk alone has more images than max_media
     "bad_record",          # a TFRecord example that does not fit the schema
+    "pack_overflow",       # packing: an episode that did not fit its row after the ones before it (loader only)
 )
 
 

@@ -41,6 +41,8 @@ class Episode:
     media: list[list[int]]
     text: str
     dropped_context: int
+    record_id: str = "?"  # where it came from, for messages about it
+    file: str = "?"
 
 
 def _clean(text: str) -> str:
@@ -116,7 +118,7 @@ def build_episode(group: str, turns: list[Turn], tok, sp: SpecialIds, *, max_seq
         n_tokens = int((ids == sp.media).sum())
         if n_tokens != len(media):
             raise ValueError(f"record {record_id!r} in {file}: {n_tokens} <image> tokens for {len(media)} media")
-        return Episode(ids, make_labels(ids, sp), media, text, drop)
+        return Episode(ids, make_labels(ids, sp), media, text, drop, record_id, file)
     _, media = layout(group, turns[-1:], num_frames)
     if len(media) > max_media:
         raise BadRecord("too_many_media", record_id, file, f"query alone has {len(media)} media > max_media "

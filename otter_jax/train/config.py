@@ -36,6 +36,7 @@ def defaults() -> ml_collections.ConfigDict:
         group_weights="",         # "IMAGE_TEXT=1,VIDEO_TEXT=0.5" ("" = proportional to group sizes)
         seed=0, strict=False, num_threads=4, num_workers=0,
         synthetic_images=2,       # synthetic source: media items per sample (F = 1)
+        pack_episodes=1,          # > 1: pack this many episodes into each max_seq_len row (training; data/packing.py)
     )
     c.train = dict(
         steps=1000, global_batch_size=8, grad_accum=1, seed=0,
@@ -84,6 +85,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     need(c.optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}")
     need(c.train.steps > 0, "train.steps", "must be > 0")
     need(c.train.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+    need(c.data.pack_episodes >= 1, "data.pack_episodes", "must be >= 1")
     need(c.train.global_batch_size % c.train.grad_accum == 0, "train.global_batch_size",
          f"must be a multiple of train.grad_accum={c.train.grad_accum}")
     need(0.0 <= c.optim.warmup_ratio < 1.0, "optim.warmup_ratio", "must be in [0, 1)")

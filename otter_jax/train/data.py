@@ -81,7 +81,8 @@ def loader_config(c: ml_collections.ConfigDict, seed: int, num_epochs: int | Non
                         max_seq_len=d.max_seq_len, image_size=d.image_size, resize=d.resize, resampler=d.resampler,
                         max_media=d.max_media, num_frames=d.num_frames, seed=seed, num_epochs=num_epochs,
                         group_weights=parse_group_weights(d.group_weights), strict=d.strict,
-                        num_threads=d.num_threads, num_workers=d.num_workers, split=split, once=once)
+                        num_threads=d.num_threads, num_workers=d.num_workers, split=split, once=once,
+                        pack_episodes=1 if once else d.pack_episodes)  # validation passes stay unpacked
 
 
 def _store(path: str, key: str):
@@ -210,6 +211,6 @@ class SyntheticBatches(grain.DatasetIterator):
 
 def drop_bookkeeping(batch: dict) -> dict:
     """Only the arrays the step takes."""
-    from otter_jax.train.step import MODEL_INPUTS
+    from otter_jax.train.step import model_inputs
 
-    return {k: batch[k] for k in MODEL_INPUTS}
+    return model_inputs(batch)

@@ -157,7 +157,8 @@ class Planner:
         batch_sh = S.batch_sharding(self.mesh, self.rules, 2)
         batch = {"vision_x": jax.ShapeDtypeStruct((B, self.T, self.F, 3, S_, S_), jnp.uint8, sharding=batch_sh),
                  **{k: jax.ShapeDtypeStruct((B, L), jnp.int32, sharding=batch_sh)
-                    for k in ("input_ids", "attention_mask", "labels")}}
+                    for k in ("input_ids", "attention_mask", "labels")
+                    + (STEP.PACKED_INPUTS if c.data.get("pack_episodes", 1) > 1 else ())}}
         fn = STEP.jit_train_step(self._ts, self.mesh, self.rules, grad_accum, optim.schedule(c.optim, c.train.steps),
                                  c.train.train_lm, c.train.train_vision)
         return fn.lower(self._ts.abstract(), batch).compile()

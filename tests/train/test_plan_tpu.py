@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 def pod_like(tmp_path, **policy):
     """The tiny model with the 7B presets' policy (chunked attention and loss) and pure FSDP."""
-    pol = presets.pod_policy(attention_chunk=16, loss_chunk=16, **policy)
+    pol = presets.pod_policy(**{"attention_chunk": 16, "loss_chunk": 16, **policy})
     return tiny_config(tmp_path, mesh=dict(data=1, fsdp=-1, tensor=1), policy=pol)
 
 
@@ -58,8 +58,8 @@ def test_frozen_parameters_stored_in_bf16(tmp_path):
 def test_does_not_fit_gives_the_compilers_verdict(tmp_path):
     """A batch far beyond the chip: the compile fails and the plan says so with the compiler's HBM figure."""
     c = pod_like(tmp_path, attention="dense", loss_chunk=0)
-    c.data.max_seq_len = 4096
-    p = plan(c, devices=topology.devices("v5e:2x2"), per_chip_batch=256)
+    c.data.max_seq_len = 1024  # [B, 2 heads, 1024, 1024] float32 scores: 8 MiB a sequence, 32 GiB at 4096
+    p = plan(c, devices=topology.devices("v5e:2x2"), per_chip_batch=4096)
     assert p["fits"] is False and "HBM" in p["compiler_message"]
 
 
