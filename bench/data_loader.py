@@ -187,6 +187,8 @@ def main() -> int:
             res = run_ours(path, tokenizer, episodes, kind.split("_")[0], threads=2 if kind.endswith("_2t") else 1)
         print(json.dumps(res))
         return 0
+    from otter_jax.quiet import quiet_output
+    quiet_output()   # no TFDS "Downloading and preparing" lines or progress bars in the printed table
     from otter_jax.data.ingest import build_store
 
     rows = []

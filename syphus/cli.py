@@ -211,7 +211,7 @@ def _cmd(a) -> dict:
             from syphus.generate import plan
             return dry_run([(e[0], e[2]) for e in plan(spec, a.annotations, gen, a.n, with_examples=False,
                                                        fmt=a.format, frames=a.frames)], ep, a.show)
-        return generate_candidates(spec, a.annotations, a.review, gen, ep, a.n, mode)
+        return generate_candidates(spec, a.annotations, a.review, gen, ep, a.n, mode, a.format, a.frames)
     raise AssertionError(a.cmd)
 
 

@@ -21,9 +21,10 @@ from syphus.prompt import PromptError, PromptSpec
 
 
 def generate_candidates(spec: PromptSpec, annotations, review_path: str | Path, gen: Gen, ep: Endpoint,
-                        n: int = 4, mode: Mode = Mode()) -> dict:
+                        n: int = 4, mode: Mode = Mode(), fmt: str | None = None, frames: int | None = None) -> dict:
     review_path = Path(review_path)
-    entries = plan(spec, annotations, gen, limit=n, with_examples=False)
+    entries = plan(spec, annotations, gen, limit=n, with_examples=False, fmt=fmt,
+                   **({"frames": frames} if frames else {}))
     task = f"cold-start:{spec.code}"
     with journaled_run(review_path.parent, task, entries, ep, mode) as (journal, _):
         candidates = []
