@@ -44,14 +44,15 @@ def read_data_yaml(path: str | os.PathLike) -> list[DatasetSpec]:
         doc = yaml.safe_load(fh) or {}
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a mapping of groups, got {type(doc).__name__}")
-    specs, seen = [], set()
+    specs, seen = [], {}
     for group, datasets in doc.items():
         if group not in GROUPS:
             raise ValueError(f"{path}: unknown group {group!r}; expected one of {GROUPS}")
         for name, entry in (datasets or {}).items():
             if name in seen:
-                raise ValueError(f"{path}: dataset {name!r} listed twice")
-            seen.add(name)
+                raise ValueError(f"{path}: dataset {name!r} listed twice ({seen[name]} and {group}); the same files "
+                                 f"may appear under several names, e.g. {name}_{group.lower()}")
+            seen[name] = group
             entry = dict(entry or {})
             unknown = set(entry) - {f.name for f in dataclasses.fields(DatasetSpec)}
             if unknown:

@@ -28,3 +28,16 @@ def test_same_instructions_file_in_two_groups(tmp_path):
     ctx = [store.instructions[int(i)] for i in rec["context_index"]]
     assert [c["instruction"] for c in ctx] == [b"question 0?", b"question 1?"]
     assert {c["dataset"] for c in ctx} == {b"LA_T2T"}
+
+
+def test_same_name_in_two_groups_says_how_to_fix(tmp_path):
+    import pytest
+
+    from otter_jax.data.mimicit import read_data_yaml
+
+    p = tmp_path / "d.yaml"
+    p.write_text(yaml.safe_dump({"IMAGE_TEXT": {"LA": {"mimicit_path": "a.json", "images_path": "i.json"}},
+                                 "IMAGE_TEXT_IN_CONTEXT": {"LA": {"mimicit_path": "a.json", "images_path": "i.json"}}}))
+    with pytest.raises(ValueError, match=r"'LA' listed twice \(IMAGE_TEXT and IMAGE_TEXT_IN_CONTEXT\).*"
+                                         r"LA_image_text_in_context"):
+        read_data_yaml(p)

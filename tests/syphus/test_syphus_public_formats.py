@@ -140,6 +140,12 @@ def test_dead_endpoint_exits_non_zero_unless_allowed(tmp_path, capsys):
     assert last.startswith("syphus run: 2 failed request(s)") and "--allow-failures" in last
     assert main(args + ["--allow-failures"]) == 0
     assert "accepted (--allow-failures)" in capsys.readouterr().err
+    # the other request-sending commands too
+    from syphus.mimicit import write_instructions
+    ins = tmp_path / "DC_instructions.json"
+    write_instructions(ins, {"DC_INS_00001": {"instruction": "q?", "answer": "a.", "image_ids": [], "rel_ins_ids": []}})
+    assert main(["translate", "--instructions", str(ins), "--out", str(tmp_path / "t"), *args[7:]]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("syphus translate: 1 failed request(s)")
 
 
 def test_length_cut_is_asked_again_with_a_larger_budget(server, tmp_path):
