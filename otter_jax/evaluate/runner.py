@@ -6,6 +6,7 @@ import datetime
 import os
 import shutil
 import statistics
+import sys
 import time
 
 import jax
@@ -136,7 +137,7 @@ class Evaluation:
         bs = self.engine.batch_size
         gen = {k: t[k] for k in GEN_KEYS}
         bar = tqdm(total=len(todo), desc=f"{name} {shots}-shot seed {seed}", unit="ex",
-                   disable=not self.c.progress or not todo)
+                   disable=not self.c.progress or not todo or not sys.stderr.isatty())  # no escapes in logs
         for start in range(0, len(todo), bs):
             batch = todo[start:start + bs]
             qfeat = None
