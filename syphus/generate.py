@@ -82,4 +82,5 @@ def run_task(spec: PromptSpec, annotations, out_dir: str | Path, gen: Gen, ep: E
             "annotations": [str(p) for p in ([annotations] if isinstance(annotations, (str, Path)) else annotations)],
             "params": {"temperature": gen.temperature, "top_p": gen.top_p, "max_tokens": gen.max_tokens,
                        "structured": gen.structured, "batch": mode.batch},
+            "annotation_format": fmt or "detected", "frames_per_clip": frames,   # `syphus frames` must use the same N
             "this_run": {**sent, "wall_s": round(time.time() - t0, 3)}})
