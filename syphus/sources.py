@@ -150,7 +150,9 @@ def _items(data, path: Path):
         return [(f"{path}:{n}", r) for n, r in zip(data.lines, data)]
     if isinstance(data, list):
         return [(f"{path}: record {i}", r) for i, r in enumerate(data)]
-    return [(f"{path}: record {k!r}", r) for k, r in data.items()]
+    if isinstance(data, dict):
+        return [(f"{path}: record {k!r}", r) for k, r in data.items()]
+    raise SourceError(f"{path}: expected a list or an object of records, got {type(data).__name__}")
 
 
 # ---- per-format parsers: data -> partial records keyed by record id ------------------------------------------
@@ -181,7 +183,7 @@ def _coco_images(data, path):
 def _coco_captions(data, path, code, frames):
     images = _coco_images(data, path)
     out = {}
-    for i, a in enumerate(data["annotations"]):
+    for i, a in enumerate(_field(data, "annotations", str(path), list)):
         where = f"{path}: annotations[{i}]"
         iid = _field(a, "image_id", where)
         if iid not in images:
@@ -197,7 +199,7 @@ def _coco_instances(data, path, code, frames):
     cats = {_field(c, "id", f"{path}: categories[{i}]"): _field(c, "name", f"{path}: categories[{i}]", str)
             for i, c in enumerate(_field(data, "categories", str(path), list))}
     out = {}
-    for i, a in enumerate(data["annotations"]):
+    for i, a in enumerate(_field(data, "annotations", str(path), list)):
         where = f"{path}: annotations[{i}]"
         iid = _field(a, "image_id", where)
         if iid not in images:
@@ -226,7 +228,7 @@ def _spot_the_diff(data, path, code, frames):
 
 
 def _coco_pairs(data, path, code, frames):
-    rows = data["pairs"] if isinstance(data, dict) else data
+    rows = _field(data, "pairs", str(path), list) if isinstance(data, dict) else data
     out = {}
     for i, r in enumerate(rows):
         where = f"{path}: record {i}"
@@ -268,7 +270,7 @@ def _vist(data, path, code, frames):
     photos = {str(im.get("id")): im for im in _field(data, "images", str(path), list) if isinstance(im, dict)}
     albums = {str(a.get("id")): a for a in data.get("albums") or [] if isinstance(a, dict)}
     stories: dict[str, list] = defaultdict(list)
-    for i, group in enumerate(data["annotations"]):
+    for i, group in enumerate(_field(data, "annotations", str(path), list)):
         where = f"{path}: annotations[{i}]"
         if not isinstance(group, list) or not group:
             raise SourceError(f"{where}: expected a one-element list of story sentences")
@@ -424,7 +426,12 @@ def public_records(paths: list[Path], reader_name: str, code: str, fmt: str | No
         return _general_difference(loaded, code)
     merged: dict[str, dict] = {}
     for p, f, data in loaded:
-        _merge(merged, PARSERS[f](data, p, code, frames))
+        try:
+            _merge(merged, PARSERS[f](data, p, code, frames))
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            if isinstance(e, SourceError):
+                raise
+            raise SourceError(f"{p}: not valid {f} data ({type(e).__name__}: {e})") from None
     if reader_name == "image_conversation" and not any("captions" in r or "conversation" in r
                                                        for r in merged.values()):
         raise SourceError("task LA needs COCO captions or LLaVA conversations (COCO instances alone give only boxes)")

@@ -99,6 +99,9 @@ def test_wrong_or_unknown_format_is_one_clear_error(tmp_path):
     assert "needs a COCO captions file and a pairs file" in _err([coco_captions(tmp_path)], "CGD")
     # --format forces the reading: an ActivityNet file read as TVCaption reports the field it lacks
     assert "missing field 'vid_name'" in _err([anet], "TVC", fmt="tvcaption")
+    assert f"{anet}: missing field 'images'" in _err([anet], "LA", fmt="coco_captions")
+    odd.write_text(json.dumps([{"duration": 1}]))
+    assert "ActivityNet Captions is an object keyed by video id" in _err([odd], "DC", fmt="activitynet")
 
 
 def test_cli_runs_public_files_end_to_end(server, tmp_path, monkeypatch, capsys):
