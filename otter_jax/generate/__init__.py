@@ -3,7 +3,7 @@
     from otter_jax import generate
     out = generate.generate(model, vision_x, input_ids, attention_mask=attention_mask, max_new_tokens=8)
     out.sequences  # [B, L + new] prompt then new tokens (rows that stopped are padded)
-    out.scores     # [B, new, V] float32: the processed logits that chose each new token (greedy / sampling)
+    out.scores     # with output_scores=True: [B, new, V] float32, the processed logits that chose each new token
 
 Decoding stops at `<|endofchunk|>` (the model's `tokens.endofchunk`) unless `eos_token_id` says otherwise;
 finished rows are padded with `pad_token_id` (default: the EOS id, as HF does without a pad id).
@@ -42,8 +42,13 @@ def generate(model: Otter, vision_x: Any, input_ids: Any, attention_mask: Any = 
              num_beams: int = 1, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, seed: int = 0, length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
              eos_token_id: int | None = None, pad_token_id: int | None = None, mesh=None,
-             rules: S.Rules = S.DEFAULT_RULES, unroll_layers: bool = True) -> GenerateOutput:
+             rules: S.Rules = S.DEFAULT_RULES, unroll_layers: bool = True, output_scores: bool = False,
+             prompt_bucket: int = 64) -> GenerateOutput:
     """Generate up to `max_new_tokens` after left-padded prompts (`attention_mask` 0 on the padding).
+
+    Prompts are left-padded further to a multiple of `prompt_bucket` tokens, so a new prompt length reuses a
+    compiled program (the extra padding is masked and removed from `sequences`; 0 disables). `output_scores` keeps
+    the [B, new, V] processed logits (greedy / sampling); without it no such buffer is allocated.
 
     With `mesh`, the batch is split over the mesh's batch axes and the (already sharded) model runs there.
     `unroll_layers` decodes group by group instead of scanning the stacked layers (faster steps, longer compile); a
@@ -62,6 +67,10 @@ def generate(model: Otter, vision_x: Any, input_ids: Any, attention_mask: Any = 
     if do_sample and num_beams > 1:
         raise ValueError("beam search with sampling is not supported; use num_beams=1 or do_sample=False")
     vision_x = np.asarray(vision_x, np.float32)
+    extra = (-ids.shape[1]) % prompt_bucket if prompt_bucket > 0 else 0
+    if extra:
+        ids = np.pad(ids, ((0, 0), (extra, 0)), constant_values=pad)
+        mask = np.pad(mask, ((0, 0), (extra, 0)))
     args = [vision_x, ids, mask]
     if mesh is not None:
         args = [jax.device_put(a, S.batch_sharding(mesh, rules, a.ndim)) for a in args]
@@ -72,11 +81,12 @@ def generate(model: Otter, vision_x: Any, input_ids: Any, attention_mask: Any = 
                                         temperature=jnp.float32(temperature), top_k=top_k,
                                         top_p=jnp.float32(top_p), seed=seed,
                                         no_repeat_ngram_size=no_repeat_ngram_size, eos=eos, pad=pad,
-                                        unroll=unroll_layers)
+                                        unroll=unroll_layers, output_scores=output_scores)
             n = int(steps)
-            return GenerateOutput(np.asarray(seq)[:, :ids.shape[1] + n], np.asarray(scores)[:, :n])
+            return GenerateOutput(np.asarray(seq)[:, extra:ids.shape[1] + n],
+                                  np.asarray(scores)[:, :n] if output_scores else None)
         seq, best, steps = beam_search(model, media, args[1], args[2], max_new=max_new_tokens, num_beams=num_beams,
                                        length_penalty=jnp.float32(length_penalty),
                                        no_repeat_ngram_size=no_repeat_ngram_size, eos=eos, pad=pad,
                                        unroll=unroll_layers)
-        return GenerateOutput(np.asarray(seq)[:, :ids.shape[1] + int(steps)], sequences_scores=np.asarray(best))
+        return GenerateOutput(np.asarray(seq)[:, extra:ids.shape[1] + int(steps)], sequences_scores=np.asarray(best))

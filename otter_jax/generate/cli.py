@@ -31,6 +31,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--length-penalty", type=float, default=1.0)
     p.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="weights and compute dtype (bfloat16 halves a 7B model's memory: ~16 GiB)")
+    p.add_argument("--mesh", default="", metavar="data=N,fsdp=N,tensor=N",
+                   help="load the weights sharded over a mesh of this host's devices (e.g. fsdp=-1 or tensor=8); "
+                        "requests are split over its batch axes")
+    p.add_argument("--prompt-bucket", type=int, default=64,
+                   help="left-pad prompts to a multiple of this many tokens, so new lengths reuse compiled programs")
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """"data=1,fsdp=-1" -> {"data": 1, "fsdp": -1}; unknown axes and bad numbers are refused by name."""
+    from otter_jax.sharding import MESH_AXES
+
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in MESH_AXES:
+            raise SystemExit(f"--mesh {text!r}: unknown axis {name!r} (axes: {', '.join(MESH_AXES)})")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            raise SystemExit(f"--mesh {text!r}: {name} needs an integer size, got {value!r}") from None
+    return out
 
 
 def _single_request(args):
@@ -76,11 +99,16 @@ def run(args: argparse.Namespace) -> int:
 
     from otter_jax.models import Policy
 
-    model, cfg = checkpoint.load_model(args.checkpoint, Policy(scan_layers=False))  # decoding runs layer by layer
+    from otter_jax import sharding as S
+
+    mesh = S.make_mesh(**parse_mesh(args.mesh)) if args.mesh else None
+    policy = Policy(dtype=args.dtype, param_dtype=args.dtype, scan_layers=False)  # decoding runs layer by layer
+    model, cfg = checkpoint.load_model(args.checkpoint, policy, mesh=mesh)
     tok = load_checkpoint_tokenizer(args.checkpoint)
     options = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.do_sample,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                   length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
+                   length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                   mesh=mesh, prompt_bucket=args.prompt_bucket)
     batch_kw = dict(image_size=cfg.vision.image_size, resize=args.resize, num_frames=args.num_frames,
                     pad_id=cfg.tokens.pad if cfg.tokens.pad is not None else 0)
 

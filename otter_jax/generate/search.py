@@ -88,10 +88,12 @@ class SampleState(NamedTuple):
     media_count: jax.Array
 
 
-@module_jit(static_argnames=("max_new", "do_sample", "top_k", "no_repeat_ngram_size", "unroll"))
+@module_jit(static_argnames=("max_new", "do_sample", "top_k", "no_repeat_ngram_size", "unroll", "output_scores"))
 def sample(model: Otter, media, ids, mask, *, max_new: int, do_sample: bool, temperature, top_k: int, top_p,
-           seed, no_repeat_ngram_size: int, eos, pad, unroll: bool = True):
-    """Greedy or sampled decoding. Returns (sequences [B, L+max_new], scores [B, max_new, V], steps taken)."""
+           seed, no_repeat_ngram_size: int, eos, pad, unroll: bool = True, output_scores: bool = True):
+    """Greedy or sampled decoding. Returns (sequences [B, L+max_new], scores [B, max_new, V], steps taken); without
+    `output_scores` the scores are [B, 0, V]: no buffer of every step's logits is kept (at a 50k vocabulary and
+    256 new tokens that is 51 MB per row)."""
     b, l = ids.shape
     rebuild = module_factory(model, unroll)
     pre = prefill(rebuild(), media, ids, mask, max_new)
@@ -117,10 +119,11 @@ def sample(model: Otter, media, ids, mask, *, max_new: int, do_sample: bool, tem
             return step(rebuild(), media, token, l + st.t, pre, c, count)
 
         logits, cache = jax.lax.cond(st.t + 1 < max_new, advance, lambda c: (st.logits, c), st.cache)
-        return SampleState(st.t + 1, logits, cache, seq,
-                           st.scores.at[:, st.t].set(scores.astype(jnp.float32)), done, count)
+        kept = st.scores.at[:, st.t].set(scores.astype(jnp.float32)) if output_scores else st.scores
+        return SampleState(st.t + 1, logits, cache, seq, kept, done, count)
 
-    init = SampleState(jnp.int32(0), pre.logits, pre.cache, seq, jnp.zeros((b, max_new, vocab), jnp.float32),
+    init = SampleState(jnp.int32(0), pre.logits, pre.cache, seq,
+                       jnp.zeros((b, max_new if output_scores else 0, vocab), jnp.float32),
                        jnp.zeros((b,), bool), pre.media_count)
     final = jax.lax.while_loop(lambda st: (st.t < max_new) & ~jnp.all(st.done), body, init)
     return final.seq, final.scores, final.t
