@@ -63,11 +63,26 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         return spec
 
 
+def no_tpu_here() -> bool:
+    """libtpu is installed (the [aot] extra, for `otter-jax plan --topology`) but this host has no TPU chip and no
+    GPU plugin: jax would probe for TPUs at start and print libtpu's errors about it, so the CPU is the platform.
+    TPU VMs show their chips as /dev/accel* (v2-v4) or /dev/vfio/<n> (v5e, v5p, v6e) and are left alone."""
+    import glob
+
+    if "JAX_PLATFORMS" in os.environ or importlib.util.find_spec("libtpu") is None:
+        return False
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return False
+    return importlib.util.find_spec("jax_cuda12_plugin") is None and importlib.util.find_spec("jax_plugins") is None
+
+
 def quiet_output(verbose: bool = False) -> list[str]:
     """Quiet what follows; returns the environment variables it set (an in-process caller may unset them)."""
     if verbose:
         return []
     wanted = {"TF_CPP_MIN_LOG_LEVEL": "2", "TRANSFORMERS_VERBOSITY": "error"}
+    if no_tpu_here():
+        wanted["JAX_PLATFORMS"] = "cpu"
     if not sys.stderr.isatty():
         wanted["TQDM_DISABLE"] = "1"
     set_here = [k for k in wanted if k not in os.environ]

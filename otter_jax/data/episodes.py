@@ -18,8 +18,7 @@ import numpy as np
 
 from otter_jax.data.bad_input import BadRecord
 from otter_jax.data.tokenizer import ANSWER, ENDOFCHUNK, MEDIA, PAD, SpecialIds
-
-IGNORE = -100
+from otter_jax.models.config import IGNORE_INDEX as IGNORE  # one constant for the loader and the loss
 _SCRUB = (ENDOFCHUNK, MEDIA, ANSWER, PAD)
 
 

@@ -10,6 +10,8 @@ import copy
 import dataclasses
 from typing import Any
 
+IGNORE_INDEX = -100  # label of a position the loss skips (torch's CrossEntropyLoss default, as upstream)
+
 # Upstream constants (OtterForConditionalGeneration hard-codes these).
 UPSTREAM_VIS_DIM = 1024
 UPSTREAM_PERCEIVER = dict(depth=6, heads=8, dim_head=64, num_latents=64, ff_mult=4)
@@ -104,7 +106,8 @@ class Policy:
     """How the model runs, as opposed to what it computes: dtypes, rematerialisation, layer scanning.
 
     `remat` names a `jax.checkpoint_policies` entry ("nothing_saveable", "dots_saveable", ...), "full" (= save
-    nothing), or "none" (no rematerialisation).
+    nothing), or "none" (no rematerialisation); it applies to each decoder layer and gated block on its own (their
+    inputs are what the backward pass keeps) and to each vision / perceiver layer.
     `scan_layers`: repeated layers (vision, perceiver, decoder groups) hold their parameters stacked on a leading
     axis and run under `jax.lax.scan` (compile time flat in depth; the layout of checkpoints and conversion). False
     keeps one module per layer and runs them one after another: XLA:CPU copies every layer's weights out of stacked
@@ -116,6 +119,8 @@ class Policy:
     [B, H, L, L] array) or "fused" (`jax.nn.dot_product_attention`: cuDNN on GPU); see `layers.self_attention`.
     `loss_chunk`: > 0 computes the output head and cross-entropy `loss_chunk` positions at a time, rematerialised,
     so no [B, L, V] float32 logits exist in training (0 = whole logits, as the forward pass returns them).
+    `shard_activations`: pin [B, L, d] activations to the batch axes at block boundaries in the jitted train/eval
+    steps (`sharding.constrain`); off leaves their layout to XLA's propagation.
     """
 
     dtype: str = "float32"  # compute dtype of activations and matmuls
@@ -126,6 +131,7 @@ class Policy:
     attention: str = "dense"
     attention_chunk: int = 512
     loss_chunk: int = 0
+    shard_activations: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,13 +19,12 @@ from flax import nnx, struct
 from otter_jax import sharding as S
 from otter_jax.models import layers as L
 from otter_jax.models import llama, mpt
-from otter_jax.models.config import OtterConfig, Policy
+from otter_jax.models.config import IGNORE_INDEX, OtterConfig, Policy
 from otter_jax.models.cross_attention import GatedCrossAttentionBlock, text_time as compute_text_time
 from otter_jax.models.perceiver import PerceiverResampler
 from otter_jax.models.vision import CLIPVisionEncoder
 
 ARCHITECTURES: dict[str, ModuleType] = {"llama": llama, "mpt": mpt}
-IGNORE_INDEX = -100
 
 
 @struct.dataclass

@@ -66,7 +66,7 @@ def train_step_fn(graphdef: nnx.GraphDef, grad_accum: int, schedule: Callable, t
     wrt = trainable_filter(train_lm, train_vision)
 
     def step(state: nnx.State, batch: Batch):
-        if mesh is None:
+        if mesh is None or not nnx.merge(graphdef, state)[0].policy.shard_activations:
             return _step(state, batch)
         with S.activation_sharding(mesh, rules):
             return _step(state, batch)
@@ -119,6 +119,8 @@ def jit_eval_step(ts: TrainState, mesh: Mesh, rules: S.Rules) -> Callable:
     """(state, batch) -> (summed loss, answer-token count) for the validation loss."""
     def step(state, batch):
         model, _ = nnx.merge(ts.graphdef, state)
+        if not model.policy.shard_activations:
+            return loss_sum(model, model_inputs(batch))
         with S.activation_sharding(mesh, rules):
             return loss_sum(model, model_inputs(batch))
 
