@@ -4,7 +4,6 @@ one host stops both at the same step with a checkpoint (and a model both export 
 resumes on 1 process in the same global data order."""
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,8 +26,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_workers(n: int, workdir: Path, out_dir: Path, *extra: str, timeout: int = 300) -> list[dict]:
-    """`n` dist_worker.py processes joined at one coordinator; each must exit 0. Their JSON results."""
+def start_workers(n: int, workdir: Path, out_dir: Path, *extra: str):
+    """Start `n` dist_worker.py processes joined at one coordinator; `wait()` of the result checks each exits 0 and
+    returns their JSON results and logs. (Started first, so the test's own run overlaps their compiles.)"""
     port = _free_port()
     env = dict(os.environ, OTTER_TEST_COMPILE_CACHE=CACHE_DIR)
     env.pop("XLA_FLAGS", None)
@@ -38,17 +38,21 @@ def run_workers(n: int, workdir: Path, out_dir: Path, *extra: str, timeout: int 
         procs.append(subprocess.Popen(
             [sys.executable, str(HERE / "dist_worker.py"), str(port), str(n), str(pid), str(workdir), str(outs[-1]),
              *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=timeout)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
-    return [json.loads(o.read_text()) for o in outs], logs
+
+    def wait(timeout: int = 420) -> tuple[list[dict], list[str]]:
+        logs = []
+        for p in procs:
+            try:
+                logs.append(p.communicate(timeout=timeout)[0])
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                raise
+        for p, log in zip(procs, logs):
+            assert p.returncode == 0, log[-3000:]
+        return [json.loads(o.read_text()) for o in outs], logs
+
+    return procs, wait
 
 
 def test_real_store_two_processes_match_one_preempt_and_resume_on_one(demo_root, tmp_path):
@@ -57,7 +61,14 @@ def test_real_store_two_processes_match_one_preempt_and_resume_on_one(demo_root,
     assert len({order.batch(k)[0] for k in range(6)}) >= 2  # the steps below mix groups of unequal, odd sizes
 
     # Process 1 alone gets a SIGTERM while fetching step 3's batch: both processes stop at one step, save, exit 0.
-    multi, logs = run_workers(2, tmp_path / "multi", tmp_path, str(demo_root), "3")
+    procs, wait = start_workers(2, tmp_path / "multi", tmp_path, str(demo_root), "3")
+    try:
+        single = loop.train(c)  # meanwhile the reference: 1 process, 8 devices, 6 steps
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
+    multi, logs = wait()
     assert all(m["process_count"] == 2 and m["local_devices"] == 4 and m["devices"] == 8 for m in multi)
     assert all(m["preempted"] for m in multi) and multi[0]["last_step"] == multi[1]["last_step"]
     stop = multi[0]["last_step"]
@@ -72,7 +83,6 @@ def test_real_store_two_processes_match_one_preempt_and_resume_on_one(demo_root,
         np.testing.assert_array_equal(np.asarray(x.get_value()), np.asarray(y.get_value()), err_msg=str(path))
     assert (tmp_path / "multi" / "model_at_stop" / "tokenizer.json").exists()
 
-    single = loop.train(c)  # the reference: 1 process, 8 devices, 6 steps
     losses = {int(k): v for k, v in multi[0]["losses"].items()}
     assert sorted(losses) == list(range(1, stop + 1))
     for s, v in losses.items():
