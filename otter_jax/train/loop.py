@@ -47,9 +47,7 @@ class Preemption:
     without jax.distributed: a SIGTERM handler sets a flag read at the next step."""
 
     def __init__(self):
-        from jax._src import distributed as jax_distributed
-
-        self.sync = jax_distributed.global_state.client is not None
+        self.sync = jax.distributed.is_initialized()
         self.flag, self.previous = False, None
         if not self.sync:  # with jax.distributed, its own notifier owns SIGTERM
             self.previous = signal.signal(signal.SIGTERM, self._handle)
