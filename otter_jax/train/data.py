@@ -56,9 +56,11 @@ def local_dir(path: str) -> str:
     local = os.path.join(tempfile.gettempdir(), "otter-jax-remote", hashlib.sha256(path.encode()).hexdigest()[:16])
     os.makedirs(local, exist_ok=True)
     for f in epath.Path(path).iterdir():
-        if f.is_file():
-            with open(os.path.join(local, f.name), "wb") as fh:
+        if f.is_file():  # atomically: processes sharing a host copy the same files at once
+            tmp = os.path.join(local, f"{f.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as fh:
                 fh.write(f.read_bytes())
+            os.replace(tmp, os.path.join(local, f.name))
     return local
 
 
