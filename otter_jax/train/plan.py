@@ -90,6 +90,15 @@ def oom_message(e: Exception) -> str:
     return " ".join(keep[:2] or lines[:1])[:600]
 
 
+def verdict(result: dict, usable: int | None) -> dict:
+    """A compiled step fits when its peak is within the device's usable HBM as well (see topology.usable_bytes)."""
+    peak = (result.get("memory") or {}).get("peak_estimate_bytes")
+    if result["fits"] and usable is not None and peak is not None and peak > usable:
+        return result | {"fits": False, "error": f"compiled, but the peak of {_gib(peak)} per device exceeds the "
+                                                 f"{_gib(usable)} of HBM a program may use"}
+    return result
+
+
 class Planner:
     """Everything a plan compiles, built once per config and mesh; `train_step(b)` compiles for b sequences/device."""
 
@@ -165,6 +174,8 @@ class Planner:
 
     def try_train_step(self, per_chip: int) -> dict:
         """{fits, memory | error, compile_seconds} for `per_chip` sequences per device, no accumulation."""
+        from otter_jax.train import topology
+
         t0 = time.perf_counter()
         try:
             compiled = self.train_step(per_chip * len(self.devices), 1)
@@ -172,7 +183,8 @@ class Planner:
             if not is_out_of_memory(e):
                 raise
             return {"fits": False, "error": oom_message(e), "compile_seconds": time.perf_counter() - t0}
-        return {"fits": True, "memory": memory(compiled), "compile_seconds": time.perf_counter() - t0}
+        return verdict({"fits": True, "memory": memory(compiled), "compile_seconds": time.perf_counter() - t0},
+                       topology.usable_bytes(self.device_kind))
 
 
 def find_batch(planner: Planner, start: int = 1, limit: int = 64, log=print) -> tuple[int, dict, dict]:
@@ -222,6 +234,7 @@ def plan(c, media: str = "image", compile_step: bool = True, devices=None, per_c
     out = planner.counts()
     out["platform"] = planner.devices[0].platform
     out["hbm_bytes_per_device"] = topology.hbm_bytes(planner.device_kind)
+    out["usable_bytes_per_device"] = topology.usable_bytes(planner.device_kind)
     n = len(planner.devices)
     if per_chip_batch:
         B, k = per_chip_batch * n, 1
@@ -236,6 +249,8 @@ def plan(c, media: str = "image", compile_step: bool = True, devices=None, per_c
         best, result, tried = find_batch(planner, max(per_chip_batch, 1), log=log)
         out["find_batch"] = {str(b): {"fits": r["fits"], "peak_bytes": (r.get("memory") or {}).get(
             "peak_estimate_bytes"), "compile_seconds": round(r["compile_seconds"], 1)} for b, r in sorted(tried.items())}
+        out["find_batch"] = {b: v | ({"why_not": tried[int(b)]["error"]} if "error" in tried[int(b)] else {})
+                             for b, v in out["find_batch"].items()}
         if best:
             out["batch"] = planner.batch_shape(best * n, 1)
             out["per_chip_batch"] = best
@@ -245,11 +260,15 @@ def plan(c, media: str = "image", compile_step: bool = True, devices=None, per_c
             out["compile_seconds"] = result["compile_seconds"]
         else:
             out["fits"], out["compiler_message"] = False, tried[min(tried)].get("error")
+            out["compiled_memory_per_device"] = tried[min(tried)].get("memory")
     elif compile_step:
         t0 = time.perf_counter()
         try:
             compiled = planner.train_step(B, k)
-            out["fits"], out["compiled_memory_per_device"] = True, memory(compiled)
+            r = verdict({"fits": True, "memory": memory(compiled)}, out["usable_bytes_per_device"])
+            out["fits"], out["compiled_memory_per_device"] = r["fits"], r["memory"]
+            if "error" in r:
+                out["compiler_message"] = r["error"]
         except Exception as e:  # noqa: BLE001
             if not is_out_of_memory(e):
                 raise
@@ -287,6 +306,8 @@ def report(p: dict) -> str:
                          + (f", peak {_gib(peak)}{of}" if peak is not None else ""))
         else:
             lines.append(f"verdict: does not fit{of}: {p.get('compiler_message')}")
+    if p.get("platform") == "tpu" and p.get("compile_seconds") is not None:
+        lines.append(f"compiled in {p['compile_seconds']:.0f} s")
     for name, g in (p.get("generate") or {}).items():
         lines.append(f"generation {name}: " + ", ".join(f"{k} {_gib(v) if k.endswith('bytes') else v}"
                                                          for k, v in g.items()))

@@ -58,10 +58,16 @@ def devices(name: str) -> list:
     from jax.experimental import topologies
 
     full = libtpu_name(name)
+    # Two-core chips (v4, v5p) run as one "megacore" device per chip, as jax uses them; four chips per host.
+    kw = (dict(chip_config_name="megacore", chips_per_host_bounds=(2, 2, 1), num_slices=1, wrap=[False] * 3)
+          if full.split(":")[0] in ("v4", "v5p") else {})
     try:
-        return list(topologies.get_topology_desc(platform="tpu", topology_name=full).devices)
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=full, **kw).devices)
     except Exception as e:  # libtpu says why (unknown generation or shape) in its own words
         raise TopologyError(f"--topology {name!r} ({full}): {str(e).splitlines()[0]}") from None
+
+
+RESERVED_BYTES = 2 ** 28  # what XLA:TPU keeps back: a v5e's compiler reports "available HBM (15.75G)" of 16 GiB
 
 
 def hbm_bytes(device_kind: str) -> int | None:
@@ -69,6 +75,13 @@ def hbm_bytes(device_kind: str) -> int | None:
         if device_kind.startswith(kind):
             return size
     return None
+
+
+def usable_bytes(device_kind: str) -> int | None:
+    """HBM a program may use. A compile for compile-only devices can succeed past it (seen: 17.7 GiB on a v5e),
+    so a plan fits only when it compiles AND its peak is within this."""
+    size = hbm_bytes(device_kind)
+    return None if size is None else size - RESERVED_BYTES
 
 
 def chips(name: str) -> int:

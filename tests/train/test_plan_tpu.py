@@ -33,6 +33,7 @@ def test_slice_names():
     with pytest.raises(topology.TopologyError, match="v5e-256"):
         topology.libtpu_name("tpu-big")
     assert len(topology.devices("v5e-4")) == 4
+    assert len(topology.devices("v4-16")) == 8  # one megacore device per two-core chip
 
 
 def test_tpu_plan_fits_and_reports(tmp_path):
@@ -84,3 +85,14 @@ def test_cli_json_last_line(tmp_path):
     for key in ("fits", "peak_bytes_per_device", "hbm_bytes_per_device", "device_kind", "mesh", "per_chip_batch"):
         assert key in p
     assert p["fits"] and p["device_kind"] == "TPU v5 lite" and "verdict: fits" in out.stdout
+
+
+def test_a_compile_past_the_usable_hbm_is_not_a_fit():
+    """Compile-only TPU programs can compile beyond the chip (17.7 GiB on a v5e was seen): the peak decides too."""
+    from otter_jax.train.plan import verdict
+
+    usable = topology.usable_bytes("TPU v5 lite")
+    assert usable == int(15.75 * GIB)
+    r = verdict({"fits": True, "memory": {"peak_estimate_bytes": int(17.66 * GIB)}}, usable)
+    assert not r["fits"] and "exceeds" in r["error"]
+    assert verdict({"fits": True, "memory": {"peak_estimate_bytes": 9 * GIB}}, usable)["fits"]
