@@ -398,13 +398,6 @@ def split_meta(batch: dict) -> tuple[dict, dict]:
     return {k: batch[k] for k in keys}, {k: batch[k] for k in batch if k not in keys}
 
 
-def batch_sharding(mesh, data_axes=("data",)):
-    """Batch-dimension sharding over `data_axes` of `mesh` (all other dims replicated)."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    return NamedSharding(mesh, PartitionSpec(data_axes))
-
-
 def to_global(batch: dict, sharding, global_batch: int | None = None) -> dict:
     """Host-local batch -> global jax.Arrays (each host passes its own rows of the global batch)."""
     import jax

@@ -9,6 +9,7 @@ import pytest
 from data_helpers import (absl_flags_parsed, b64, demo_dir, demo_store, demo_tokenizer, first_batches,  # noqa: F401
                           ins, photo_jpeg, write_dataset, write_yaml)
 from otter_jax.data import ingest, loader
+from otter_jax.sharding import batch_sharding
 from otter_jax.data.bad_input import REASONS, BadRecord
 from otter_jax.data.store import Store
 from otter_jax.data.tokenizer import special_ids
@@ -161,7 +162,7 @@ def test_global_arrays_on_eight_devices(demo_store, demo_tokenizer):
     if jax.device_count() < 8:
         pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8 (set by tests/conftest.py)")
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    sharding = loader.batch_sharding(mesh)
+    sharding = batch_sharding(mesh)
     cfg = dataclasses.replace(CFG, batch_size=8)
     host = next(loader.make_loader(demo_store, demo_tokenizer, cfg))
     batch = next(loader.make_loader(demo_store, demo_tokenizer, cfg, sharding=sharding))
@@ -234,7 +235,7 @@ def test_host_batch_is_checked_against_the_mesh_batch_axes(demo_store, demo_toke
     if jax.device_count() < 8:
         pytest.skip("needs 8 devices (tests/conftest.py)")
     mesh = jax.make_mesh((4, 2), ("data", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    sharding = loader.batch_sharding(mesh)  # one process holds all 8 rows
+    sharding = batch_sharding(mesh)  # one process holds all 8 rows
     with pytest.raises(ValueError, match="devices hold 8 rows of the batch split over mesh axes"):
         loader.make_loader(demo_store, demo_tokenizer, dataclasses.replace(CFG, batch_size=4, global_batch_size=8),
                            sharding=sharding)
@@ -283,7 +284,7 @@ def test_trainer_validates_on_the_held_out_split(val_store, demo_dir, demo_token
                   max_media=4, num_frames=8, num_threads=1)
     c.train.update(global_batch_size=2, eval_batches=50)
     mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
-    batches = data.eval_batches(c, demo_tokenizer, None, loader.batch_sharding(mesh), 700)
+    batches = data.eval_batches(c, demo_tokenizer, None, batch_sharding(mesh), 700)
     store = Store(val_store)
     n_val = sum(len(store.queries(d["name"], "val")) for d in store.datasets)
     rows = sum(int((np.asarray(b["labels"]) != -100).any(1).sum()) for b in batches)
