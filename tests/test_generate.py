@@ -1,5 +1,7 @@
 """Generation with the KV cache: golden parity with the reference's correct (cache-off) path, sampling, beam search,
 n-gram blocking, stopping and padding, and sharded generation."""
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -8,12 +10,15 @@ from golden_helpers import GOLDEN_FIXTURES, golden_case, golden_dir
 from otter_jax import convert, generate
 from otter_jax import sharding as S
 
+# These tests read the scores, which generation keeps only when asked (output_scores).
+generate_with_scores = functools.partial(generate.generate, output_scores=True)
+
 
 @pytest.mark.parametrize("name", GOLDEN_FIXTURES)
 def test_greedy_with_cache_matches_reference_without_cache(golden_model, name):
     model, _ = golden_model(name)
     inputs, ref = golden_case(name, "generate")
-    out = generate.generate(model, output_scores=True, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
+    out = generate_with_scores(model, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
                             max_new_tokens=8, num_beams=1, do_sample=False)
     np.testing.assert_array_equal(out.sequences, ref["sequences_use_cache_false"])
     assert out.scores.dtype == np.float32 and out.scores.shape == ref["scores_use_cache_false"].shape
@@ -27,11 +32,11 @@ def test_scanned_decoding_equals_unrolled(golden_model):
     name = "otter_mpt_tiny"
     model, _ = golden_model(name)
     inputs, ref = golden_case(name, "generate")
-    out = generate.generate(model, output_scores=True, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
+    out = generate_with_scores(model, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
                             max_new_tokens=8, unroll_layers=False)
     np.testing.assert_array_equal(out.sequences, ref["sequences_use_cache_false"])
     assert np.abs(out.scores - ref["scores_use_cache_false"]).max() <= 1e-4
-    beams = [generate.generate(model, output_scores=True, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
+    beams = [generate_with_scores(model, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                max_new_tokens=3, num_beams=2, unroll_layers=u) for u in (False, True)]
     np.testing.assert_array_equal(beams[0].sequences, beams[1].sequences)
 
@@ -56,9 +61,9 @@ def test_sampling_is_seeded_and_respects_top_k(golden_model):
     inputs, _ = golden_case(name, "generate")
     kw = dict(attention_mask=inputs["attention_mask"], max_new_tokens=6, do_sample=True, temperature=1.5, top_k=5,
               eos_token_id=-1)
-    a = generate.generate(model, output_scores=True, inputs["vision_x"], inputs["input_ids"], seed=1, **kw)
-    b = generate.generate(model, output_scores=True, inputs["vision_x"], inputs["input_ids"], seed=1, **kw)
-    c = generate.generate(model, output_scores=True, inputs["vision_x"], inputs["input_ids"], seed=2, **kw)
+    a = generate_with_scores(model, inputs["vision_x"], inputs["input_ids"], seed=1, **kw)
+    b = generate_with_scores(model, inputs["vision_x"], inputs["input_ids"], seed=1, **kw)
+    c = generate_with_scores(model, inputs["vision_x"], inputs["input_ids"], seed=2, **kw)
     np.testing.assert_array_equal(a.sequences, b.sequences)
     assert not np.array_equal(a.sequences, c.sequences)
     l = inputs["input_ids"].shape[1]
@@ -76,7 +81,7 @@ def test_sampling_with_top_p_near_zero_is_greedy(golden_model):
     name = "otter_mpt_tiny"
     model, _ = golden_model(name)
     inputs, ref = golden_case(name, "generate")
-    out = generate.generate(model, output_scores=True, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
+    out = generate_with_scores(model, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
                             max_new_tokens=8, do_sample=True, top_p=1e-6, seed=3)
     np.testing.assert_array_equal(out.sequences, ref["sequences_use_cache_false"])
 
@@ -89,12 +94,12 @@ def test_stopping_pads_finished_rows(golden_model):
     l = inputs["input_ids"].shape[1]
     eos = int(greedy[0, l + 1])  # row 0 stops at its second new token
     assert eos not in greedy[1, l:l + 3]
-    out = generate.generate(model, output_scores=True, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
+    out = generate_with_scores(model, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
                             max_new_tokens=3, eos_token_id=eos, pad_token_id=0)
     np.testing.assert_array_equal(out.sequences[0, l:], [greedy[0, l], eos, 0])
     np.testing.assert_array_equal(out.sequences[1, l:], greedy[1, l:l + 3])
     # Everything finished early: the output is cut at the last step taken.
-    both = generate.generate(model, output_scores=True, inputs["vision_x"][:1], inputs["input_ids"][:1],
+    both = generate_with_scores(model, inputs["vision_x"][:1], inputs["input_ids"][:1],
                              attention_mask=inputs["attention_mask"][:1], max_new_tokens=5, eos_token_id=eos)
     assert both.sequences.shape == (1, l + 2) and both.scores.shape[1] == 2
 
@@ -104,7 +109,7 @@ def test_no_repeat_ngram(golden_model, n):
     name = "otter_mpt_tiny"
     model, _ = golden_model(name)
     inputs, _ = golden_case(name, "generate")
-    out = generate.generate(model, output_scores=True, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
+    out = generate_with_scores(model, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
                             max_new_tokens=10, no_repeat_ngram_size=n, eos_token_id=-1)
     for row in out.sequences:
         grams = [tuple(row[i:i + n]) for i in range(len(row) - n + 1)]
@@ -135,7 +140,7 @@ def test_beam_search_matches_brute_force(golden_model):
     name = "otter_llama_gqa_tiny"
     model, _ = golden_model(name)
     inputs, _ = golden_case(name, "generate")
-    out = generate.generate(model, output_scores=True, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
+    out = generate_with_scores(model, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
                             max_new_tokens=4, num_beams=3, length_penalty=0.7, eos_token_id=-1)
     ref = _reference_beam(model, inputs, k=3, steps=4, length_penalty=0.7)
     for row, (score, seq) in enumerate(ref):
@@ -150,7 +155,7 @@ def test_beam_search_collects_finished_hypotheses(golden_model):
     inputs, ref = golden_case(name, "generate")
     l = inputs["input_ids"].shape[1]
     eos = int(ref["sequences_use_cache_false"][0, l])
-    out = generate.generate(model, output_scores=True, inputs["vision_x"][:1], inputs["input_ids"][:1],
+    out = generate_with_scores(model, inputs["vision_x"][:1], inputs["input_ids"][:1],
                             attention_mask=inputs["attention_mask"][:1], max_new_tokens=4, num_beams=2,
                             eos_token_id=eos, pad_token_id=0)
     logits = _full_logits(model, {k: v[:1] for k, v in inputs.items()}, ref["sequences_use_cache_false"][:1, :l + 1])
@@ -167,11 +172,11 @@ def test_sharded_generation_equals_single_device(golden_model):
     model, _ = golden_model(name)
     inputs, _ = golden_case(name, "generate")
     inputs = {k: np.concatenate([v, v]) for k, v in inputs.items()}  # batch 4 over data x fsdp
-    single = generate.generate(model, output_scores=True, inputs["vision_x"], inputs["input_ids"],
+    single = generate_with_scores(model, inputs["vision_x"], inputs["input_ids"],
                                attention_mask=inputs["attention_mask"], max_new_tokens=4)
     mesh = S.make_mesh(data=2, fsdp=2, tensor=2)
     sharded, _ = convert.load_torch_checkpoint(str(golden_dir(name)), mesh=mesh)
-    out = generate.generate(sharded, output_scores=True, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
+    out = generate_with_scores(sharded, inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
                             max_new_tokens=4, mesh=mesh)
     assert len(jax.devices()) == 8
     np.testing.assert_array_equal(out.sequences, single.sequences)
