@@ -37,7 +37,7 @@ def test_slice_names():
 
 
 def test_tpu_plan_fits_and_reports(tmp_path):
-    p = plan(pod_like(tmp_path), devices=topology.devices("v5e:2x2"), per_chip_batch=2)
+    p = plan(pod_like(tmp_path), devices=topology.devices("v5e:2x2"), per_chip_batch=2, generate=True)
     assert p["platform"] == "tpu" and p["device_kind"] == "TPU v5 lite"
     assert p["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
     assert p["fits"] and p["per_chip_batch"] == 2 and p["batch"]["global_batch_size"] == 8
@@ -45,6 +45,9 @@ def test_tpu_plan_fits_and_reports(tmp_path):
     state = p["per_device_param_bytes"] + p["per_device_optimizer_bytes"]
     assert state <= p["compiled_memory_per_device"]["argument_size_in_bytes"]
     assert state < p["peak_bytes_per_device"] < GIB
+    gen = p["generate"]  # bf16 prefill of 8 prompts of 1024 tokens and one cached decode step
+    assert gen["shape"] == {"batch": 8, "prompt": 1024, "max_new": 256}
+    assert 0 < gen["prefill"]["peak_bytes"] < GIB and 0 < gen["decode_step"]["peak_bytes"] < GIB
 
 
 def test_frozen_parameters_stored_in_bf16(tmp_path):
