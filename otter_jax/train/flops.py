@@ -72,11 +72,18 @@ def forward_flops(cfg: OtterConfig, batch: int, seq_len: int, media: int, frames
     return StepFlops(float(vision), float(perceiver), float(language), float(head), float(cross))
 
 
+def train_flops_parts(cfg: OtterConfig, batch: int, seq_len: int, media: int, frames: int, train_lm: bool = False,
+                      train_vision: bool = False) -> tuple[float, float]:
+    """(media part: vision + perceiver, text part: decoder + cross-attention + head) of one train step's FLOPs.
+    The text part is what padding inflates: metrics scale it by the real tokens of each batch."""
+    f = forward_flops(cfg, batch, seq_len, media, frames)
+    return ((3 if train_vision else 1) * f.vision + 3 * f.perceiver,
+            3 * f.cross_attention + 3 * f.head + (3 if train_lm else 2) * f.language)
+
+
 def train_flops(cfg: OtterConfig, batch: int, seq_len: int, media: int, frames: int, train_lm: bool = False,
                 train_vision: bool = False) -> float:
-    f = forward_flops(cfg, batch, seq_len, media, frames)
-    return ((3 if train_vision else 1) * f.vision + 3 * f.perceiver + 3 * f.cross_attention + 3 * f.head
-            + (3 if train_lm else 2) * f.language)
+    return sum(train_flops_parts(cfg, batch, seq_len, media, frames, train_lm, train_vision))
 
 
 def device_peak_flops(device, dtype: str = "bfloat16") -> float | None:

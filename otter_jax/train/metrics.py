@@ -47,7 +47,9 @@ class Reporter:
             self.bar.n = step
             self.bar.refresh()
 
-    def step_done(self, step: int, outputs: dict, flops: float) -> None:
+    def step_done(self, step: int, outputs: dict, flops: float | tuple[float, float]) -> None:
+        """`flops`: the step's model FLOPs, or (fixed FLOPs, FLOPs per real token) to be counted with the step's
+        `tokens` output (padding is not model work)."""
         self.pending.append((step, outputs, flops))
         self.report(step)
         if self.bar is not None:
@@ -62,9 +64,10 @@ class Reporter:
         dt = now - (self.t_last or now)
         self.t_last = now
         steps = [s for s, _, _ in self.pending]
-        flops = sum(f for _, _, f in self.pending)
+        counts = [f for _, _, f in self.pending]
         self.pending = []
         rows = [{k: float(np.asarray(v)) for k, v in o.items()} | {"step": s} for s, o in zip(steps, outputs)]
+        flops = sum(f[0] + f[1] * r["tokens"] if isinstance(f, tuple) else f for f, r in zip(counts, rows))
         for r in rows:
             self.writer.write_scalars(r["step"], {"train/loss": r["loss"], "train/grad_norm": r["grad_norm"],
                                                   "train/learning_rate": r["lr"]})
@@ -84,6 +87,7 @@ class Reporter:
             speed["perf/mfu"] = flops / dt / (self.n_devices * self.peak)
         if first:  # includes compilation: keep it out of the throughput curves
             speed = {"perf/first_step_incl_compile_s": dt}
+        self.last_speed = speed
         scalars = summary | speed | dict(extra or {})
         self.writer.write_scalars(steps[-1], scalars)
         self.console(steps[-1], rows[-1], scalars, first)

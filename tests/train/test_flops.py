@@ -43,3 +43,19 @@ def test_device_peaks():
     assert flops.device_peak_flops(tpu) == 197e12
     assert flops.device_peak_flops(h100) == 989e12 and flops.device_peak_flops(h100, "float32") == 989e12 / 2
     assert flops.device_peak_flops(jax.devices()[0]) is None  # CPU: unknown, so no MFU is claimed
+
+
+def test_mfu_counts_real_tokens_only(tmp_path):
+    """A half-padded batch does half the text work: the reporter scales the text FLOPs by the step's real tokens."""
+    from otter_jax.train.metrics import Reporter
+
+    rep = Reporter(str(tmp_path), 4, 2, peak_flops=1e12, n_devices=1, progress=False)
+    rep.start(0)
+    out = {"loss": 1.0, "grad_norm": 1.0, "lr": 1.0, "tokens": 64.0, "targets": 10.0}
+    rep.step_done(1, out, (1e9, 1e7))  # 1 GFLOP of media work + 10 MFLOP per real token
+    t0 = rep.t_last
+    rows = rep.flush()
+    assert rows and rows[0]["tokens"] == 64
+    dt = rep.t_last - t0
+    # The interval's model FLOPs are 1e9 + 64 * 1e7 = 1.64e9 (not the 128-slot shape's 2.28e9).
+    assert abs(rep.last_speed["perf/model_tflops_per_device_per_s"] * dt * 1e12 - 1.64e9) < 1e3
