@@ -250,8 +250,9 @@ class FakeOpenAI:
                                 "error": {"code": "server_error", "message": "injected failure"}})
                     continue
                 self.answered[key] += 1
+                short = self.full_answer_tokens is not None and int(body.get("max_tokens") or 0) < self.full_answer_tokens
                 out.append({"id": f"r-{key[:8]}", "custom_id": item["custom_id"], "error": None,
-                            "response": {"status_code": 200, "body": self._completion(body, key)}})
+                            "response": {"status_code": 200, "body": self._completion(body, key, truncate=short)}})
             for name, rows in (("output_file_id", out), ("error_file_id", err)):
                 if rows:
                     fid = f"file-{len(self.files) + 1}"

@@ -112,6 +112,21 @@ class Journal:
             (o.status, o.attempts, o.error, o.response, o.finish_reason, o.prompt_tokens, o.completion_tokens,
              o.cost, time.time(), key))
 
+    def hold_cut(self, key: str, o: Outcome) -> None:
+        """Keep a batch answer cut by max_tokens (its tokens and cost counted) while it stays pending, so a
+        follow-up batch with a larger budget, or a resumed run, asks it once more instead of recording it."""
+        self.record(key, Outcome("pending", o.attempts, o.response, "length", None, o.prompt_tokens,
+                                 o.completion_tokens, o.cost))
+
+    def held_cuts(self, task: str) -> dict[str, str]:
+        """key -> cut answer for this task's requests held by `hold_cut` and not asked again yet."""
+        return dict(self.db.execute(
+            "SELECT DISTINCT r.key, r.response FROM requests r JOIN items i ON i.key = r.key WHERE i.task=? AND "
+            "r.status='pending' AND r.finish_reason='length' AND r.response IS NOT NULL", (task,)).fetchall())
+
+    def body(self, key: str) -> dict:
+        return json.loads(self.db.execute("SELECT body FROM requests WHERE key=?", (key,)).fetchone()[0])
+
     def status_of(self, key: str) -> str | None:
         row = self.db.execute("SELECT status FROM requests WHERE key=?", (key,)).fetchone()
         return row[0] if row else None

@@ -167,3 +167,54 @@ def test_length_cut_is_asked_again_with_a_larger_budget(server, tmp_path):
     s = run_task(spec, [ann], tmp_path / "c", GEN,
                  endpoint(srv3, retry=RetryPolicy(base_delay=0.01, length_factor=1)))
     assert s["invalid_responses"] == 2 and sum(srv3.seen.values()) == 2
+
+
+def test_batch_mode_asks_a_length_cut_again_in_a_follow_up_batch(server, tmp_path):
+    from syphus.dispatch import Mode
+    ann = activitynet(tmp_path)
+    spec = find_spec("DC")
+    batch = Mode(batch=True, poll_interval=0.01)
+    live = run_task(spec, [ann], tmp_path / "live", GEN, endpoint(server(full_answer_tokens=400)))
+    srv = server(full_answer_tokens=400)          # GEN asks for 256: every first answer is cut, 512 is enough
+    s = run_task(spec, [ann], tmp_path / "a", GEN, endpoint(srv), batch)
+    assert len(srv.batches) == 2 and s["invalid_responses"] == 0 and s["pending_requests"] == 0
+    assert s["instructions"] == live["instructions"] > 0 and s["this_run"]["asked_again"] == 2
+    second = [json.loads(x)["body"]["max_tokens"] for x in srv.files["file-3"].decode().splitlines()]
+    assert second == [512, 512]                  # file-1, file-2: first input and output; file-3: follow-up input
+    for k in ("attempts", "prompt_tokens", "completion_tokens"):   # both answers counted, as in live mode
+        assert s["accounting"][k] == live["accounting"][k], k
+    assert s["accounting"]["attempts"] == 4 and sum(srv.seen.values()) == 4
+    srv2 = server(full_answer_tokens=10_000)     # still cut at 512: recorded invalid after exactly one re-ask
+    s = run_task(spec, [ann], tmp_path / "b", GEN, endpoint(srv2), batch)
+    assert len(srv2.batches) == 2 and s["invalid_responses"] == 2 and sum(srv2.seen.values()) == 4
+    invalid = [json.loads(x) for x in (tmp_path / "b" / "DC_invalid.jsonl").read_text().splitlines()]
+    assert all("finish_reason=length" in r["reason"] for r in invalid)
+    srv3 = server(full_answer_tokens=400)        # re-asking can be turned off
+    s = run_task(spec, [ann], tmp_path / "c", GEN,
+                 endpoint(srv3, retry=RetryPolicy(base_delay=0.01, length_factor=1)), batch)
+    assert len(srv3.batches) == 1 and s["invalid_responses"] == 2 and sum(srv3.seen.values()) == 2
+
+
+def test_batch_cut_held_when_the_run_stops_is_asked_again_with_the_larger_budget_on_resume(server, tmp_path,
+                                                                                           monkeypatch):
+    from syphus import batch as batch_mod
+    from syphus.dispatch import Mode
+    ann = activitynet(tmp_path)
+    spec = find_spec("DC")
+    srv = server(full_answer_tokens=400)
+    real_submit, calls = batch_mod._submit, []
+
+    async def submit_then_stop(client, journal, task, todo):
+        calls.append(len(todo))
+        if len(calls) == 2:                       # the process dies before the follow-up batch is created
+            raise KeyboardInterrupt
+        return await real_submit(client, journal, task, todo)
+
+    monkeypatch.setattr(batch_mod, "_submit", submit_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_task(spec, [ann], tmp_path / "r", GEN, endpoint(srv), Mode(batch=True, poll_interval=0.01))
+    monkeypatch.setattr(batch_mod, "_submit", real_submit)
+    s = run_task(spec, [ann], tmp_path / "r", GEN, endpoint(srv), Mode(batch=True, poll_interval=0.01))
+    assert len(srv.batches) == 2 and s["invalid_responses"] == 0 and s["instructions"] > 0
+    assert [json.loads(x)["body"]["max_tokens"] for x in srv.files["file-3"].decode().splitlines()] == [512, 512]
+    assert s["accounting"]["attempts"] == 4 and sum(srv.seen.values()) == 4
