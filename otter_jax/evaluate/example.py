@@ -29,8 +29,10 @@ class TaskData:
 
 
 def read_file_bytes(path: str) -> bytes:
+    """An image's bytes, through etils.epath so image folders may be on gs://."""
+    from etils import epath
+
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
+        return epath.Path(path).read_bytes()
     except OSError as e:
         raise DataError(f"cannot read image {path}: {e.strerror or e}") from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -21,6 +20,7 @@ from otter_jax.evaluate.engine import Engine
 from otter_jax.evaluate.example import DataError, TaskData
 from otter_jax.evaluate.fewshot import DemoSelector
 from otter_jax.evaluate.journal import PredictionJournal
+from otter_jax.evaluate.paths import OutputDir
 
 GEN_KEYS = ("num_beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size")
 
@@ -97,7 +97,8 @@ class Evaluation:
             model, tokenizer = load_model(c, self.mesh)
         self.engine = Engine(model, tokenizer, batch_size=c.batch_size, mesh=self.mesh, resize=c.resize,
                              length_bucket=c.length_bucket)
-        self.out = c.output_dir
+        self.out = c.output_dir   # the local working folder while run() runs (see paths.OutputDir)
+        self.dir: OutputDir | None = None
         self._clip = None   # ClipImageEmbedder, built on first RICES use when fewshot.rices_clip is set
 
     def rices_features(self, keys, read_image):
@@ -170,11 +171,23 @@ class Evaluation:
 
     # ------------------------------------------------------------------------------------------------ all
     def run(self, config_source: str = "") -> dict:
+        """Evaluate every enabled task; a remote output_dir is worked on locally and copied up as runs finish."""
+        self.dir = OutputDir(self.c.output_dir, fresh=("predictions", "judge") if self.c.overwrite else ())
+        if self.dir.remote is not None:
+            self._clip = None   # its feature cache lives in the working folder of this run
+        self.out = self.dir.local
+        try:
+            return self._run(config_source)
+        finally:
+            try:
+                self.dir.sync()   # also after an error: finished runs resume from the remote copy
+            finally:
+                self.dir.close()
+                self.out = self.c.output_dir
+
+    def _run(self, config_source: str) -> dict:
         c = self.c
         t0 = time.time()
-        if c.overwrite and os.path.isdir(os.path.join(self.out, "predictions")):
-            shutil.rmtree(os.path.join(self.out, "predictions"))
-            shutil.rmtree(os.path.join(self.out, "judge"), ignore_errors=True)
         results = {"checkpoint": os.path.abspath(c.checkpoint), "config": config_source,
                    "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                    "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
@@ -214,8 +227,11 @@ class Evaluation:
                               if t.format == "mmbench" else "")
                 summary, details = tasks.score(t, data.examples, records, cider_tokenizer=c.cider_tokenizer,
                                                judge_fn=judge_fn, submission_path=submission)
+                if "submission" in details:
+                    details["submission"] = self.dir.shown(details["submission"])
                 runs.append({"shots": shots, "seed": seed, "metrics": summary, "details": details,
-                             "predictions": path, "wall_time_s": time.time() - r0})
+                             "predictions": self.dir.shown(path), "wall_time_s": time.time() - r0})
+                self.dir.sync()
         return {"format": t.format, "family": FAMILIES[t.format], "source": data.source,
                 "examples": len(data.examples), "pool": len(data.pool), "mode": t.mode,
                 "skipped": getattr(data, "skipped", 0), "runs": runs, "summary": summarize(runs),

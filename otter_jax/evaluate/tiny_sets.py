@@ -244,15 +244,32 @@ TINY_MARK = "Tiny evaluation sets made from the otter-jax demo photographs"
 
 def is_tiny(root: str | os.PathLike) -> bool:
     """Whether `root` holds the bundled tiny sets (their README marks them)."""
-    p = Path(root) / "README.txt"
+    from etils import epath
+
+    p = epath.Path(root) / "README.txt"   # data_root may be gs://
     return p.exists() and p.read_text()[:len(TINY_MARK)] == TINY_MARK
 
 
-def ensure(out: str) -> Path:
-    """Write the sets unless `out` already holds them."""
-    if not os.path.exists(os.path.join(out, "README.txt")):
-        write_tiny_sets(out)
-    return Path(out)
+def ensure(out: str):
+    """Write the sets unless `out` already holds them; a remote `out` (gs://) gets them copied up."""
+    from etils import epath
+
+    from otter_jax.evaluate.paths import is_remote
+
+    if (epath.Path(out) / "README.txt").exists():
+        return epath.Path(out)
+    if not is_remote(out):
+        return write_tiny_sets(out)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = write_tiny_sets(tmp)
+        for f in sorted(local.rglob("*")):
+            if f.is_file():
+                dst = epath.Path(out) / f.relative_to(local).as_posix()
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(f.read_bytes())
+    return epath.Path(out)
 
 
 def main(argv=None) -> int:

@@ -1,29 +1,28 @@
-"""JSON / JSONL helpers that name the file on every error."""
+"""JSON / JSONL helpers that name the file on every error; files are read through etils.epath (gs:// works)."""
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
+
+from etils import epath
 
 from otter_jax.evaluate.example import DataError
 
 
 def load_json(path: str) -> Any:
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
         raise DataError(f"{path}: no such file")
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+        return json.loads(epath.Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON ({e})") from None
 
 
 def load_jsonl(path: str) -> list[dict]:
     """JSON Lines (POPE's files); also accepts a file holding one JSON list."""
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
         raise DataError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+    text = epath.Path(path).read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         return load_json(path)
     rows = []

@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import io
 import os
 import sys
+
+from etils import epath
 
 from otter_jax.evaluate.choice import LETTERS
 from otter_jax.evaluate.example import DataError, Example, TaskData, read_file_bytes
@@ -19,12 +22,13 @@ def _blank(v) -> bool:
 
 def read_mmbench(path: str, max_examples: int = -1) -> TaskData:
     """MMBench's TSV: index, question, hint, A..E, answer (absent in the test split), category, image (base64)."""
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
         raise DataError(f"{path}: no such file")
     csv.field_size_limit(sys.maxsize)
     images: dict[str, str] = {}
     examples = []
-    with open(path, encoding="utf-8", newline="") as fh:
+    # bytes decoded by hand: epath's open() takes no newline="" (csv needs quoted line breaks kept as they are)
+    with io.StringIO(epath.Path(path).read_bytes().decode("utf-8"), newline="") as fh:
         reader = csv.DictReader(fh, delimiter="\t")
         for col in ("index", "question", "image", "A", "B"):
             if col not in (reader.fieldnames or []):

@@ -6,10 +6,11 @@ import os
 
 from otter_jax.evaluate.example import DataError, Example, TaskData, read_file_bytes
 from otter_jax.evaluate.formats.common import limit, load_jsonl, need
+from otter_jax.evaluate.paths import absolute
 
 
 def read_pairwise(path: str, images_root: str = "", max_examples: int = -1) -> TaskData:
-    root = images_root or os.path.dirname(os.path.abspath(path))
+    root = images_root or os.path.dirname(absolute(path))
     examples, seen = [], set()
     for n, r in enumerate(load_jsonl(path)):
         rid = str(need(r, "id", path, f"line {n + 1}"))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from etils import epath
+
 from otter_jax.evaluate.example import DataError, Example, TaskData, read_file_bytes
 from otter_jax.evaluate.formats.common import limit, load_jsonl, need
 from otter_jax.evaluate.yesno import MME_COGNITION, MME_PERCEPTION
@@ -19,19 +21,20 @@ def _mme_task(root: str, task: str) -> list[Example]:
     base = os.path.join(root, task)
     qa_dir = os.path.join(base, "questions_answers_YN")
     img_dir = os.path.join(base, "images")
-    if not os.path.isdir(qa_dir):
+    if not epath.Path(qa_dir).is_dir():
         qa_dir = img_dir = base
     out = []
-    for name in sorted(os.listdir(qa_dir)):
+    # one listing per folder (a remote file system answers each exists() with a request)
+    present = {p.name for p in epath.Path(img_dir).iterdir()} if epath.Path(img_dir).is_dir() else set()
+    for name in sorted(p.name for p in epath.Path(qa_dir).iterdir()):
         if not name.endswith(".txt"):
             continue
         stem = name[:-4]
-        image = next((os.path.join(img_dir, stem + e) for e in IMAGE_EXTS
-                      if os.path.exists(os.path.join(img_dir, stem + e))), None)
+        image = next((os.path.join(img_dir, stem + e) for e in IMAGE_EXTS if stem + e in present), None)
         if image is None:
             raise DataError(f"{os.path.join(qa_dir, name)}: no image {stem}.jpg/.png in {img_dir}")
-        with open(os.path.join(qa_dir, name), encoding="utf-8") as fh:
-            lines = [ln for ln in fh.read().splitlines() if ln.strip()]
+        text = epath.Path(os.path.join(qa_dir, name)).read_text(encoding="utf-8")
+        lines = [ln for ln in text.splitlines() if ln.strip()]
         for k, line in enumerate(lines):
             q, sep, a = line.rpartition("\t")
             if not sep or a.strip().lower() not in ("yes", "no"):
@@ -43,15 +46,15 @@ def _mme_task(root: str, task: str) -> list[Example]:
 
 def read_mme(root: str, tasks: tuple[str, ...] = (), max_examples: int = -1) -> TaskData:
     """All task folders present under `root` (or the listed ones); max_examples applies per task."""
-    if not os.path.isdir(root):
+    if not epath.Path(root).is_dir():
         raise DataError(f"{root}: MME folder does not exist")
     known = MME_PERCEPTION + MME_COGNITION
-    names = list(tasks) or [t for t in known if os.path.isdir(os.path.join(root, t))]
+    names = list(tasks) or [t for t in known if epath.Path(os.path.join(root, t)).is_dir()]
     if not names:
         raise DataError(f"{root}: no MME task folders (expected some of {', '.join(known)})")
     examples = []
     for task in names:
-        if not os.path.isdir(os.path.join(root, task)):
+        if not epath.Path(os.path.join(root, task)).is_dir():
             raise DataError(f"{root}: no folder for MME task {task!r}")
         rows = _mme_task(root, task)
         if max_examples is not None and max_examples >= 0:  # keep whole images (acc+ needs both questions)
