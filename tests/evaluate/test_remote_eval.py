@@ -1,54 +1,17 @@
 """Evaluation inputs and outputs on `gs://` (etils.epath), on an in-memory file system registered as `gs`: the tiny
 sets read from the bucket, predictions and the report written to it, and a rerun resumes from the bucket's
-journal. The fake file system mirrors the `fake_gcs` fixture of tests/train/test_remote_paths.py."""
+journal."""
 import json
 import os
-import sys
 
 import pytest
 
+from fake_gcs import fake_gcs  # noqa: F401
 from otter_jax.evaluate import config as C
 from otter_jax.evaluate.engine import Engine
 from otter_jax.evaluate.runner import Evaluation
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "eval", "demo.py")
-
-
-@pytest.fixture
-def fake_gcs(monkeypatch):
-    """`gs://` served from memory (epath's fsspec backend over an fsspec MemoryFileSystem); put(local, "gs://...")
-    copies a local tree in."""
-    from etils import epath
-    from etils.epath import gpath
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    class FakeGCS(MemoryFileSystem):
-        protocol = ("gs", "gcs")
-        store, pseudo_dirs = {}, [""]
-
-        def __init__(self, *args, finalize_on_close=None, **kwargs):  # a gcsfs argument epath passes
-            super().__init__(*args, **kwargs)
-
-        @classmethod
-        def _strip_protocol(cls, path):
-            return MemoryFileSystem._strip_protocol(path[len("gs://"):] if path.startswith("gs://") else path)
-
-    registry = sys.modules["fsspec.registry"]._registry
-    for name in ("gs", "gcs"):
-        monkeypatch.setitem(registry, name, FakeGCS)
-    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
-    FakeGCS.store.clear()
-
-    def put(local, remote: str) -> None:
-        for dirpath, _, names in os.walk(local):
-            for n in names:
-                f = os.path.join(dirpath, n)
-                dst = epath.Path(remote) / os.path.relpath(f, local)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_bytes(open(f, "rb").read())
-
-    yield put
-    FakeGCS.store.clear()
 
 
 def test_tiny_eval_reads_and_writes_gs_and_resumes_from_it(fake_gcs, loaded, tiny_checkpoint, tiny_sets, tmp_path,

@@ -2,47 +2,12 @@
 metadata, training-checkpoint detection and init_from, on an in-memory file system registered as `gs` (fsspec), so
 no network is needed. (Array bytes go through orbax/tensorstore and TFDS's own GCS clients: not exercised here.)"""
 import dataclasses
-import sys
 
 import numpy as np
 import pytest
 
+from fake_gcs import fake_gcs  # noqa: F401
 from train_helpers import demo_root, tiny_model  # noqa: F401
-
-
-@pytest.fixture
-def fake_gcs(monkeypatch):
-    """`gs://` served from memory: epath's fsspec backend (instead of tf.io.gfile) over an fsspec MemoryFileSystem.
-    Returns put(local_folder, "gs://...") copying a local tree in."""
-    from etils.epath import gpath
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    class FakeGCS(MemoryFileSystem):
-        protocol = ("gs", "gcs")
-        store, pseudo_dirs = {}, [""]
-
-        def __init__(self, *args, finalize_on_close=None, **kwargs):  # a gcsfs argument epath passes
-            super().__init__(*args, **kwargs)
-
-        @classmethod
-        def _strip_protocol(cls, path):
-            return MemoryFileSystem._strip_protocol(path[len("gs://"):] if path.startswith("gs://") else path)
-
-    registry = sys.modules["fsspec.registry"]._registry  # `fsspec.registry` is its read-only view
-    for name in ("gs", "gcs"):
-        monkeypatch.setitem(registry, name, FakeGCS)
-    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
-
-    def put(local, remote: str) -> None:
-        from etils import epath
-
-        for f in local.rglob("*"):
-            if f.is_file():
-                dst = epath.Path(remote) / str(f.relative_to(local))
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_bytes(f.read_bytes())
-
-    return put
 
 
 def test_store_and_tokenizer_on_gs(demo_root, fake_gcs):
