@@ -180,14 +180,20 @@ def _coco_images(data, path):
     return ids
 
 
-def _coco_captions(data, path, code, frames):
+def _coco_annotations(data, path):
+    """(where, image_id, annotation) of a COCO file's annotations, each checked to name one of its images."""
     images = _coco_images(data, path)
-    out = {}
     for i, a in enumerate(_field(data, "annotations", str(path), list)):
         where = f"{path}: annotations[{i}]"
         iid = _field(a, "image_id", where)
         if iid not in images:
             raise SourceError(f"{where}: field 'image_id' {iid!r} is not in 'images'")
+        yield where, iid, a
+
+
+def _coco_captions(data, path, code, frames):
+    out = {}
+    for where, iid, a in _coco_annotations(data, path):
         cap = _field(a, "caption", where, str).strip()
         rec = out.setdefault(str(iid).zfill(12), {"image_id": coco_image_id(code, iid), "captions": []})
         rec["captions"].append(cap)
@@ -195,15 +201,10 @@ def _coco_captions(data, path, code, frames):
 
 
 def _coco_instances(data, path, code, frames):
-    images = _coco_images(data, path)
     cats = {_field(c, "id", f"{path}: categories[{i}]"): _field(c, "name", f"{path}: categories[{i}]", str)
             for i, c in enumerate(_field(data, "categories", str(path), list))}
     out = {}
-    for i, a in enumerate(_field(data, "annotations", str(path), list)):
-        where = f"{path}: annotations[{i}]"
-        iid = _field(a, "image_id", where)
-        if iid not in images:
-            raise SourceError(f"{where}: field 'image_id' {iid!r} is not in 'images'")
+    for where, iid, a in _coco_annotations(data, path):
         bbox = _field(a, "bbox", where, list)
         if len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
             raise SourceError(f"{where}: field 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}")
