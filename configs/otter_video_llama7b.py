@@ -11,7 +11,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     frames = int(arg) if arg else 128
     c = ml_collections.ConfigDict()
     c.model = presets.otter(presets.llama_7b(), cross_attn_every_n_layers=4, max_num_frames=frames)
-    c.policy = presets.pod_policy()
+    c.policy = presets.pod_policy(attention="splash")  # Pallas kernel on TPU, chunked XLA elsewhere
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.data = dict(max_seq_len=2048, num_frames=min(16, frames))
     return c

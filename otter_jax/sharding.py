@@ -164,3 +164,15 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
         return x
     mesh, rules = active
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)))
+
+
+def active_mesh() -> Mesh | None:
+    """The mesh of the enclosing `activation_sharding` (None outside one)."""
+    active = _ACTIVE.get()
+    return None if active is None else active[0]
+
+
+def logical_spec(names: Sequence[str | None], shape: Sequence[int]) -> P:
+    """The PartitionSpec of an activation under the enclosing `activation_sharding` (for shard_map'd kernels)."""
+    mesh, rules = _ACTIVE.get()
+    return logical_to_spec(names, shape, mesh, rules)

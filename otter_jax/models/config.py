@@ -116,7 +116,9 @@ class Policy:
     `frozen_param_dtype`: storage dtype of the parameters training does not update ("" = param_dtype); bfloat16
     halves a frozen 7B tower's memory and its FSDP all-gathers, while trainable parameters keep an fp32 master.
     `attention`: "dense" (the reference computation), "chunked" (blocks of `attention_chunk` queries, no
-    [B, H, L, L] array) or "fused" (`jax.nn.dot_product_attention`: cuDNN on GPU); see `layers.self_attention`.
+    [B, H, L, L] array), "fused" (`jax.nn.dot_product_attention`: cuDNN on GPU) or "splash" (the Pallas
+    splash-attention kernel when compiling for TPU, "chunked" elsewhere; no ALiBi, so not MPT); see
+    `layers.self_attention`.
     `loss_chunk`: > 0 computes the output head and cross-entropy `loss_chunk` positions at a time, rematerialised,
     so no [B, L, V] float32 logits exist in training (0 = whole logits, as the forward pass returns them).
     `shard_activations`: pin [B, L, d] activations to the batch axes at block boundaries in the jitted train/eval

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from otter_jax import sharding as S
 from otter_jax.models.config import Policy
 
 Axes = Sequence[str | None]
@@ -115,7 +116,7 @@ class Visibility(NamedTuple):
         return self.block(self.q_slot, self.q_segment)
 
 
-ATTENTION_IMPLS = ("dense", "chunked", "fused")
+ATTENTION_IMPLS = ("dense", "chunked", "fused", "splash")
 
 
 def alibi_block(slopes: jax.Array, q_slot: jax.Array, k_slot: jax.Array) -> jax.Array:
@@ -133,6 +134,8 @@ def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, vis: Visibility, *,
     backward pass, so no [B, H, Lq, Lk] array is ever whole: peak attention memory is [B, H, chunk, Lk]; any platform.
     impl "fused": `jax.nn.dot_product_attention` (cuDNN's fused kernel on GPU, XLA elsewhere), with ALiBi in MPT's
     own key-only form slope * (k - (Lk - 1)) ([1, H, 1, Lk], equal under softmax) and a bool [B, 1, Lq, Lk] mask.
+    impl "splash": the Pallas splash-attention kernel when compiling for TPU (`splash_attention`, blocks of
+    `chunk`), "chunked" elsewhere; no ALiBi, so LLaMA only.
     """
     if impl == "dense" or (impl == "chunked" and q.shape[1] <= chunk):
         bias = None if slopes is None else alibi_block(slopes, vis.q_slot, vis.k_slot)
@@ -143,6 +146,14 @@ def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, vis: Visibility, *,
             key = (jnp.arange(k.shape[1], dtype=jnp.float32) - (k.shape[1] - 1))
             bias = (slopes[:, None] * key[None])[None, :, None, :].astype(q.dtype)
         return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=vis.dense()[:, None], scale=scale)
+    if impl == "splash":
+        if slopes is not None:
+            raise ValueError("Policy.attention='splash' has no ALiBi (MPT): use 'chunked' or 'fused'")
+        if _compiling_for_tpu():
+            return splash_attention(q, k, v, vis.q_segment, scale=scale, block=chunk)
+        impl = "chunked"  # no Pallas TPU kernel elsewhere: the same arithmetic in XLA blocks
+        if q.shape[1] <= chunk:
+            return attend(q, k, v, scale=scale, mask=vis.dense())
     if impl != "chunked":
         raise ValueError(f"Policy.attention={impl!r}: use one of {ATTENTION_IMPLS}")
     b, lq, h, d = q.shape
@@ -160,6 +171,53 @@ def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, vis: Visibility, *,
 
     out = jax.lax.map(lambda xs: one(*xs), (blocks(q), blocks(vis.q_slot), blocks(vis.q_segment)))
     return out.swapaxes(0, 1).reshape(b, lq, h, d)
+
+
+def _compiling_for_tpu() -> bool:
+    """Whether the program being traced targets TPU: the active mesh's devices (compile-only TPU devices of an
+    ahead-of-time plan included), else the default backend."""
+    mesh = S.active_mesh()
+    return (mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()) == "tpu"
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, *, scale: float,
+                     block: int = 512, interpret: bool = False) -> jax.Array:
+    """Causal self-attention through the Pallas splash-attention TPU kernel (online softmax in VMEM: neither the
+    [H, L, L] scores nor a mask ever reach HBM, and fully masked blocks are skipped).
+
+    q: [B, L, H, D], k/v: [B, L, KV, D] (grouped heads), segment_ids: int [B, L] (packed episode, 0 = padding).
+    A query sees earlier keys of its own segment. Real tokens therefore see exactly what `Visibility.causal` lets
+    them see; padding queries see earlier padding only (their outputs are ignored, the reference lets them see
+    real keys). Rows are whole sequences (slot = index). Under `sharding.activation_sharding` the kernel runs per
+    shard (batch over the batch axes, heads over "heads"), as a custom call must. `interpret=True` runs the
+    kernel's own Pallas program on any backend (tests)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    length = q.shape[1]
+    bq = min(block, length)
+    if length % bq:
+        raise ValueError(f"splash attention: block {bq} does not divide the sequence length {length}")
+
+    def local(q, k, v, seg):  # one shard: [b, L, h, D] -> kernel layout [h, L, D] per row
+        heads = q.shape[2]
+        mask = sm.MultiHeadMask([sm.CausalMask((length, length)) for _ in range(heads)])
+        sizes = sk.BlockSizes(block_q=bq, block_kv=bq, block_kv_compute=bq, block_q_dkv=bq, block_kv_dkv=bq,
+                              block_kv_dkv_compute=bq, block_q_dq=bq, block_kv_dq=bq)
+        kernel = sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+        qt, kt, vt = ((x * scale if x is q else x).swapaxes(1, 2) for x in (q, k, v))
+        seg = seg.astype(jnp.int32)
+        out = jax.vmap(lambda a, b_, c, s: kernel(a, b_, c, segment_ids=sk.SegmentIds(s, s)))(qt, kt, vt, seg)
+        return out.swapaxes(1, 2).astype(v.dtype)
+
+    mesh = S.active_mesh()
+    if mesh is None:
+        return local(q, k, v, segment_ids)
+    qs = S.logical_spec(("batch", None, "heads", None), q.shape)
+    ks = S.logical_spec(("batch", None, "kv_heads", None), k.shape)
+    ss = S.logical_spec(("batch", None), segment_ids.shape)
+    return jax.shard_map(local, mesh=mesh, in_specs=(qs, ks, ks, ss), out_specs=qs, check_vma=False)(
+        q, k, v, segment_ids)
 
 
 class KVCache(NamedTuple):
