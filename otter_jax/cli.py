@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("otter_jax.convert.init_builder", "build an Otter starting point from CLIP + a base LLaMA/MPT (+ OpenFlamingo)"),
     "forward": ("otter_jax.forward", "run a checkpoint on inputs from an .npz and compare with reference outputs"),
     "generate": ("otter_jax.generate.cli", "answer questions about images or videos (single request or a JSONL)"),
+    "serve": ("otter_jax.serve.cli", "OpenAI-compatible chat-completions server (images, in-context turns, video)"),
     "data": ("otter_jax.data.cli", "ingest MIMIC-IT files into the episode store and inspect it"),
     "eval": ("otter_jax.evaluate.cli", "run benchmark evaluations from a configs/eval/*.py file"),
     "train": ("otter_jax.train.cli", "train (or resume) Otter from a configs/*.py experiment file"),

@@ -91,20 +91,27 @@ def _read_requests(path: str):
     return reqs
 
 
+def load_for_decoding(checkpoint_dir: str, dtype: str = "float32", mesh_text: str = ""):
+    """(model, cfg, tokenizer, mesh) as `generate` and `serve` load them: unrolled layers, weights in `dtype`,
+    sharded over `--mesh` when given. One function so both commands decode the same model the same way."""
+    from otter_jax import checkpoint
+    from otter_jax import sharding as S
+    from otter_jax.generate.requests import load_checkpoint_tokenizer
+    from otter_jax.models import Policy
+
+    mesh = S.make_mesh(**parse_mesh(mesh_text)) if mesh_text else None
+    policy = Policy(dtype=dtype, param_dtype=dtype, scan_layers=False)  # decoding runs layer by layer
+    model, cfg = checkpoint.load_model(checkpoint_dir, policy, mesh=mesh)
+    return model, cfg, load_checkpoint_tokenizer(checkpoint_dir), mesh
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from otter_jax import checkpoint, generate
-    from otter_jax.generate.requests import answers, load_checkpoint_tokenizer, make_batch
+    from otter_jax import generate
+    from otter_jax.generate.requests import answers, make_batch
 
-    from otter_jax.models import Policy
-
-    from otter_jax import sharding as S
-
-    mesh = S.make_mesh(**parse_mesh(args.mesh)) if args.mesh else None
-    policy = Policy(dtype=args.dtype, param_dtype=args.dtype, scan_layers=False)  # decoding runs layer by layer
-    model, cfg = checkpoint.load_model(args.checkpoint, policy, mesh=mesh)
-    tok = load_checkpoint_tokenizer(args.checkpoint)
+    model, cfg, tok, mesh = load_for_decoding(args.checkpoint, args.dtype, args.mesh)
     options = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.do_sample,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,

@@ -108,8 +108,13 @@ def _media(req: Request, num_frames: int | None, size: int, resize: str) -> list
 def prompt_ids(req: Request, tok) -> list[int]:
     """[bos] + prompt tokens (no eos); bos only when the tokenizer's bos differs from its eos (LLaMA, not MPT)."""
     ctx = [(ex.question, ex.answer, 1) for ex in req.in_context]
-    n_query = 1 if req.video else len(req.images)
-    ids = tok(prompt_text(ctx, req.prompt, n_query), add_special_tokens=False)["input_ids"]
+    return context_prompt_ids(ctx, req.prompt, 1 if req.video else len(req.images), tok)
+
+
+def context_prompt_ids(context: list[tuple[str, str, int]], question: str, n_query: int, tok) -> list[int]:
+    """`prompt_ids` for in-context examples given as (question, answer, media count): the server's chat turns may
+    hold several images or none."""
+    ids = tok(prompt_text(context, question, n_query), add_special_tokens=False)["input_ids"]
     bos = tok.bos_token_id
     return ([bos] if bos is not None and bos != tok.eos_token_id else []) + list(ids)
 
