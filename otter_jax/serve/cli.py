@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--media-cache", type=int, default=512, help="perceiver outputs kept (LRU by image hash)")
     g.add_argument("--batch-wait-ms", type=float, default=5, help="wait this long for companions of a request "
                                                                  "that arrives at an idle server")
+    g.add_argument("--no-join", action="store_true", help="never add requests to a running batch's free rows "
+                                                         "(each batch then runs only the requests it began with)")
     g.add_argument("--warmup", action="store_true", help="compile the smallest shape bucket before serving")
     g.add_argument("--shutdown-timeout", type=float, default=30, help="seconds to finish accepted requests on "
                                                                      "SIGTERM before cancelling them")
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(model, cfg, tok, mesh=mesh, batch_sizes=args.batch_sizes, media_slots=args.media_slots,
                     new_token_buckets=args.new_token_buckets, prompt_bucket=args.prompt_bucket,
                     max_batches=args.max_batches, media_cache=args.media_cache,
-                    batch_wait_s=args.batch_wait_ms / 1000, resize=args.resize)
+                    batch_wait_s=args.batch_wait_ms / 1000, resize=args.resize, join=not args.no_join)
     if args.warmup:
         engine.warmup()
     engine.start()

@@ -1,10 +1,10 @@
 """The serving engine: one thread owns the model; requests are batched and decoded step by step.
 
-Batching is dynamic with step-level interleaving, not row-level continuous batching: waiting requests are taken
-together (up to the largest batch bucket) into a new batch, which is prefilled between two decode steps of the
-batches already running; then every running batch advances one token per round. So a request that arrives
-mid-generation starts at the next step instead of waiting for a whole generation, but it does not join the rows of
-a batch already running (its cache slots are shared by all rows: `search.step` writes every row at one index).
+Continuous batching at step level: between two decode steps, waiting requests join the free rows (finished or
+padding rows) of a running batch when they fit it (prompt within its padded length, media within its slots, and
+max_tokens within the cache slots it has left; see `stream.join`). Requests that fit no running batch start a new
+one, prefilled between two steps of the others; up to `max_batches` batches then advance one token per round each.
+A request arriving mid-generation therefore starts at the next step, never after a whole generation.
 
 Shapes are bucketed (batch size, prompt length, media slots, new-token budget), so a new prompt length or batch
 size reuses a compiled program. Media latents (vision encoder + perceiver) are cached by a sha256 of the image
@@ -16,7 +16,6 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import queue
 import threading
 import time
 from typing import Callable
@@ -26,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from otter_jax import sharding as S
-from otter_jax.generate import encode_media
 from otter_jax.generate import stream
 from otter_jax.serve.protocol import ApiError, Media
 
@@ -113,45 +111,66 @@ class _Row:
 
 
 class _Batch:
-    """A prefilled batch: its rows, device state, and the number of steps it may still take."""
+    """A prefilled batch: one slot per row (None: free), device state, steps taken out of `max_new`."""
 
-    def __init__(self, rows, pre, state, media, params, prompt_len, max_new):
+    def __init__(self, rows, pre, state, media, params, prompt_len, slots, max_new):
         self.rows, self.pre, self.state, self.media, self.params = rows, pre, state, media, params
-        self.prompt_len, self.max_new, self.steps = prompt_len, max_new, 0
+        self.prompt_len, self.slots, self.max_new, self.steps = prompt_len, slots, max_new, 0
+
+    def live(self) -> bool:
+        return any(r is not None and r.live for r in self.rows)
+
+    def free(self) -> list[int]:
+        return [i for i, r in enumerate(self.rows) if r is None or not r.live]
+
+    def fits(self, job: Job) -> bool:
+        return len(job.ids) <= self.prompt_len and len(job.media) <= self.slots and \
+            job.max_tokens <= self.max_new - self.steps
 
 
 class Engine:
     def __init__(self, model, cfg, tok, *, mesh=None, batch_sizes=(1, 2, 4, 8), media_slots=(1, 2, 4, 8, 16),
                  new_token_buckets=(16, 64, 256), prompt_bucket: int = 64, max_batches: int = 4,
-                 media_cache: int = 512, batch_wait_s: float = 0.005, resize: str = "squash"):
+                 media_cache: int = 512, batch_wait_s: float = 0.005, resize: str = "squash", join: bool = True):
         self.model, self.cfg, self.tok, self.mesh = model, cfg, tok, mesh
+        self.bound = stream.Bound(model)
         self.batch_sizes, self.media_slots = sorted(batch_sizes), sorted(media_slots)
         self.new_token_buckets, self.prompt_bucket = sorted(new_token_buckets), prompt_bucket
         self.max_batches, self.cache_size, self.batch_wait_s, self.resize = max_batches, media_cache, batch_wait_s, resize
+        self.allow_join = join
         self.eos = cfg.tokens.endofchunk
         self.pad = cfg.tokens.pad if cfg.tokens.pad is not None else self.eos
         self.cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
-        self.stats = {"media_encodes": 0, "media_cache_hits": 0, "batches": 0, "steps": 0, "requests": 0}
+        self.stats = {"media_encodes": 0, "media_cache_hits": 0, "batches": 0, "joined": 0, "steps": 0,
+                      "requests": 0}
         self.shapes: set[tuple[int, int, int, int]] = set()  # (batch, prompt, media slots, new tokens) compiled
-        self.queue: queue.Queue[Job] = queue.Queue()
+        self.waiting: collections.deque[Job] = collections.deque()
         self.running: list[_Batch] = []
         self.closing = False
         self._open = 0  # submitted jobs not yet done
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self._loop, name="otter-engine", daemon=True)
         self._stopped = threading.Event()
 
     # ------------------------------------------------------------------ called from the HTTP side
-    def start(self) -> "Engine":
-        self._thread.start()
-        return self
-
     def warmup(self) -> None:
         """Compile the smallest bucket of every shape (and the one-frame image encoder) before serving, so the
         first request does not wait for the compiler. Call before `start`."""
-        job = Job([self.pad], [], self.new_token_buckets[0], 0.0, 1.0, 0, [], lambda kind, value: None)
-        batch = self._prefill([job])
-        self._step(batch, keep=False)
+        def job():
+            return Job([self.pad], [], 1, 0.0, 1.0, 0, [], lambda kind, value: None)
+
+        batch = self._prefill([job()])
+        self._advance(batch)
+        if self.allow_join:  # compiles the join of the smallest batch bucket
+            with self._arrived:
+                self.waiting.append(job())
+            self._join(batch)
+            self.stats["joined"] = self.stats["requests"] = 0
+
+    def start(self) -> "Engine":
+        self._thread.start()
+        return self
 
     def knows(self, key: str) -> bool:
         with self._lock:
@@ -160,11 +179,12 @@ class Engine:
     def submit(self, jobs: list[Job]) -> None:
         if self.closing:
             raise ApiError("the server is shutting down", status=503, type="server_error", code="shutting_down")
-        for job in jobs:
-            job.emit = self._counted(job.emit)
-            with self._lock:
+        with self._arrived:
+            for job in jobs:
+                job.emit = self._counted(job.emit)
                 self._open += 1
-            self.queue.put(job)
+                self.waiting.append(job)
+            self._arrived.notify()
 
     def _counted(self, emit):
         """Count a job open from submit to its last event, so shutdown waits for exactly the accepted jobs."""
@@ -188,51 +208,84 @@ class Engine:
         self._thread.join(timeout=max(1.0, deadline - time.time() + 5))
         for b in self.running:
             for r in b.rows:
-                if r.live:
+                if r is not None and r.live:
                     r.job.emit("error", "cancelled: the server shut down")
-        while not self.queue.empty():
-            self.queue.get_nowait().emit("error", "cancelled: the server shut down")
+        with self._lock:
+            left, self.waiting = list(self.waiting), collections.deque()
+        for job in left:
+            job.emit("error", "cancelled: the server shut down")
 
     def health(self) -> dict:
-        return {**self.stats, "media_cached": len(self.cache), "queued": self.queue.qsize(),
+        return {**self.stats, "media_cached": len(self.cache), "queued": len(self.waiting),
                 "running_batches": len(self.running), "compiled_shapes": sorted(self.shapes)}
 
     # ------------------------------------------------------------------ the engine thread
     def _loop(self) -> None:
         while not self._stopped.is_set():
             if not self.running:
-                try:
-                    first = self.queue.get(timeout=0.05)
-                except queue.Empty:
-                    continue
+                with self._arrived:
+                    if not self.waiting:
+                        self._arrived.wait(timeout=0.05)
+                        continue
                 time.sleep(self.batch_wait_s)  # let requests sent together arrive together
-                self._admit([first])
-            elif len(self.running) < self.max_batches and not self.queue.empty():
-                self._admit([])
+            self._drop_cancelled()
+            if self.allow_join:
+                for b in self.running:
+                    self._join(b)
+            if self.waiting and len(self.running) < self.max_batches:
+                self._admit()
+            self.running = [b for b in self.running if b.live() and b.steps < b.max_new]
             for b in list(self.running):
                 self._step(b)
 
-    def _take(self, jobs: list[Job]) -> list[Job]:
-        while len(jobs) < self.batch_sizes[-1]:
-            try:
-                jobs.append(self.queue.get_nowait())
-            except queue.Empty:
-                break
-        for j in jobs:
-            if j.cancelled:
-                j.emit("error", "cancelled by the client")
-        return [j for j in jobs if not j.cancelled]
+    def _drop_cancelled(self) -> None:
+        with self._lock:
+            gone = [j for j in self.waiting if j.cancelled]
+            if gone:
+                self.waiting = collections.deque(j for j in self.waiting if not j.cancelled)
+        for j in gone:
+            j.emit("error", "cancelled by the client")
 
-    def _admit(self, jobs: list[Job]) -> None:
-        jobs = self._take(jobs)
-        if not jobs:
-            return
+    def _pop(self, n: int, fits=lambda job: True) -> list[Job]:
+        """Up to n waiting jobs that fit, oldest first; the others keep their place."""
+        with self._lock:
+            taken, kept = [], collections.deque()
+            for job in self.waiting:
+                (taken if len(taken) < n and fits(job) else kept).append(job)
+            self.waiting = kept
+        return taken
+
+    def _admit(self) -> None:
+        jobs = self._pop(self.batch_sizes[-1])
         try:
             self.running.append(self._prefill(jobs))
             self.stats["batches"] += 1
             self.stats["requests"] += len(jobs)
         except Exception as e:  # never lose the thread: the batch's requests get a 500
             log.exception("prefill failed")
+            for j in jobs:
+                j.emit("error", f"internal error in prefill ({type(e).__name__}: {e})")
+
+    def _join(self, b: _Batch) -> None:
+        free = b.free()
+        jobs = self._pop(len(free), b.fits) if free and self.waiting else []
+        if not jobs:
+            return
+        try:
+            fresh = self._prefill(jobs, like=b)
+            k = len(fresh.rows)
+            dst = np.full((k,), len(b.rows), np.int32)  # out of range: dropped
+            dst[:len(jobs)] = free[:len(jobs)]
+            params = fresh.params._replace(start=self._put(np.full((k,), b.steps, np.int32)))
+            with self._context():
+                b.pre, b.state, b.media, b.params = stream.join(b.pre, b.state, b.media, b.params, fresh.pre,
+                                                                fresh.state, fresh.media, params, self._put(dst))
+            for i, row in zip(free, fresh.rows[:len(jobs)]):
+                b.rows[i] = row
+            self.stats["joined"] += len(jobs)
+            self.stats["requests"] += len(jobs)
+        except Exception as e:
+            log.exception("join failed")
             for j in jobs:
                 j.emit("error", f"internal error in prefill ({type(e).__name__}: {e})")
 
@@ -248,7 +301,7 @@ class Engine:
             from otter_jax.data.images import decode_resize, normalize_host
             size = self.cfg.vision.image_size
             pixels = np.stack([normalize_host(decode_resize(f, size, self.resize)) for f in m.frames])
-        out = np.asarray(encode_media(self.model, jnp.asarray(pixels[None, None])))[0, 0]
+        out = np.asarray(self.bound.encode(jnp.asarray(pixels[None, None])))[0, 0]
         with self._lock:
             self.stats["media_encodes"] += 1
             self.cache[m.key] = out
@@ -261,21 +314,27 @@ class Engine:
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
     def _put(self, x):
-        x = jnp.asarray(x)
-        return x if self.mesh is None else jax.device_put(x, S.batch_sharding(self.mesh, S.DEFAULT_RULES, x.ndim))
+        """Committed arrays (device_put), like the outputs of `join` that replace them: jit keys its cache on
+        whether an argument is committed, so uncommitted inputs would compile every program a second time."""
+        if self.mesh is None:
+            return jax.device_put(x, jax.devices()[0])
+        return jax.device_put(x, S.batch_sharding(self.mesh, S.DEFAULT_RULES, np.ndim(x)))
 
-    def _prefill(self, jobs: list[Job]) -> _Batch:
+    def _prefill(self, jobs: list[Job], like: _Batch | None = None) -> _Batch:
+        """A new batch of `jobs` (padded to a batch bucket), or one shaped `like` a running batch to join it."""
         b = bucket(len(jobs), self.batch_sizes)
-        n_media = max(len(j.media) for j in jobs)
-        t = bucket(max(1, n_media), self.media_slots)
-        length = max(len(j.ids) for j in jobs)
-        length += (-length) % self.prompt_bucket if self.prompt_bucket > 0 else 0
-        max_new = bucket(max(j.max_tokens for j in jobs), self.new_token_buckets)
+        if like is None:
+            t = bucket(max(1, max(len(j.media) for j in jobs)), self.media_slots)
+            length = max(len(j.ids) for j in jobs)
+            length += (-length) % self.prompt_bucket if self.prompt_bucket > 0 else 0
+            max_new = bucket(max(j.max_tokens for j in jobs), self.new_token_buckets)
+        else:
+            t, length, max_new = like.slots, like.prompt_len, like.max_new
         with self._context():
             lat = [[self._latents(m) for m in j.media] for j in jobs]
-            like = next((x for row in lat for x in row), None)
-            like = self._blank_latents() if like is None else like
-            media = np.zeros((b, t) + like.shape, like.dtype)
+            first = next((x for row in lat for x in row), None)
+            first = self._blank_latents() if first is None else first
+            media = np.zeros((b, t) + first.shape, first.dtype)
             ids = np.full((b, length), self.pad, np.int32)
             mask = np.zeros((b, length), np.int32)
             for r in range(b):
@@ -285,46 +344,45 @@ class Engine:
                 ids[r, length - len(jobs[k].ids):] = jobs[k].ids
                 mask[r, length - len(jobs[k].ids):] = 1
             rows = [jobs[k if k < len(jobs) else 0] for k in range(b)]
-            params = stream.RowParams(jnp.asarray([j.temperature > 0 for j in rows]),
-                                      jnp.asarray([j.temperature or 1.0 for j in rows], jnp.float32),
-                                      jnp.asarray([j.top_p for j in rows], jnp.float32),
-                                      jnp.asarray([j.seed for j in rows], jnp.uint32))
+            params = stream.RowParams(*map(self._put, (
+                np.asarray([j.temperature > 0 for j in rows]), np.asarray([j.temperature or 1.0 for j in rows], np.float32),
+                np.asarray([j.top_p for j in rows], np.float32), np.asarray([j.seed for j in rows], np.uint32),
+                np.zeros((b,), np.int32))))
             media, ids, mask = self._put(media), self._put(ids), self._put(mask)
-            pre, state = stream.start(self.model, media, ids, mask, max_new=max_new)
+            pre, state = self.bound.start(media, ids, mask, max_new=max_new)
         self.shapes.add((b, length, t, max_new))
-        return _Batch([_Row(j, self.tok, self.eos) for j in jobs], pre, state, media, params, length, max_new)
+        rows = [_Row(j, self.tok, self.eos) for j in jobs] + [None] * (b - len(jobs))
+        return _Batch(rows, pre, state, media, params, length, t, max_new)
 
     def _blank_latents(self) -> np.ndarray:
         """Latents [n, D] of a blank image, for the shape and dtype of a text-only batch's (unread) media."""
         if not hasattr(self, "_blank"):
             size = self.cfg.vision.image_size
-            self._blank = np.asarray(encode_media(self.model, jnp.zeros((1, 1, 1, 3, size, size))))[0, 0]
+            self._blank = np.asarray(self.bound.encode(jnp.zeros((1, 1, 1, 3, size, size))))[0, 0]
         return self._blank
 
-    def _step(self, b: _Batch, keep: bool = True) -> None:
+    def _advance(self, b: _Batch) -> np.ndarray:
+        with self._context():
+            tokens, b.state = self.bound.advance(b.media, b.pre, b.state, b.params, prompt_len=b.prompt_len)
+            return np.asarray(tokens)
+
+    def _step(self, b: _Batch) -> None:
         try:
-            with self._context():
-                tokens, b.state = stream.advance(self.model, b.media, b.pre, b.state, b.params,
-                                                 prompt_len=b.prompt_len)
-                tokens = np.asarray(tokens)
+            tokens = self._advance(b)
         except Exception as e:
             log.exception("decode step failed")
             for r in b.rows:
-                if r.live:
+                if r is not None and r.live:
                     r.job.emit("error", f"internal error in decoding ({type(e).__name__}: {e})")
                     r.live = False
-            if keep:
-                self.running.remove(b)
-            return
-        if not keep:
             return
         self.stats["steps"] += 1
         b.steps += 1
         for i, r in enumerate(b.rows):
-            if r.live and r.job.cancelled:
+            if r is None or not r.live:
+                continue
+            if r.job.cancelled:
                 r.job.emit("error", "cancelled by the client")
                 r.live = False
-            elif r.live:
+            else:
                 r.push(int(tokens[i]))
-        if b.steps >= b.max_new or not any(r.live for r in b.rows):
-            self.running.remove(b)
