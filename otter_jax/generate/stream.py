@@ -10,7 +10,8 @@ length, and its cache is shifted by the steps the batch has taken, so its last p
 batch's next write slot. Positions and masks move with it, so the row computes what it would compute alone.
 
 Sampling parameters are per row (temperature, top_p, a seed each), so requests with different settings share a
-batch; a sampled row draws from `fold_in(key(seed), t)`, so its tokens do not depend on the other rows.
+batch; a sampled row's step k (counted from when it joined) draws with `fold_in(key(seed), k)`, so its tokens
+depend neither on the other rows nor on when it joined.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 
@@ -77,6 +78,14 @@ def run(args: argparse.Namespace) -> int:
     if args.allow_dir and not os.path.isdir(args.allow_dir):
         raise FileNotFoundError(f"--allow-dir {args.allow_dir}: not a directory")
     model, cfg, tok, mesh = load_for_decoding(args.checkpoint, args.dtype, args.mesh)
+    if mesh is not None:  # every batch bucket is split over the mesh's batch axes
+        from otter_jax import sharding as S
+        spec = S.batch_sharding(mesh, S.DEFAULT_RULES, 1).spec
+        axes = spec[0] if spec and isinstance(spec[0], tuple) else tuple(a for a in spec[:1] if a)
+        n = math.prod(mesh.shape[a] for a in axes)
+        if any(b % n for b in args.batch_sizes):
+            raise ValueError(f"--batch-sizes {args.batch_sizes}: with --mesh {args.mesh} each must be a multiple of "
+                             f"{n} (the batch axes {axes})")
     if cfg.tokens is None:
         raise ValueError(f"{args.checkpoint}: no special token ids (the checkpoint needs its tokenizer files)")
     engine = Engine(model, cfg, tok, mesh=mesh, batch_sizes=args.batch_sizes, media_slots=args.media_slots,

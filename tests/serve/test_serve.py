@@ -210,6 +210,9 @@ def test_n_stop_and_length(client, files, expected):
     assert len(words) >= 2
     r = client.chat.completions.create(model="ckpt", messages=msgs, max_tokens=MAX_NEW, stop=[" " + words[1]])
     assert (r.choices[0].message.content, r.choices[0].finish_reason) == (words[0], "stop")
+    chunks = list(client.chat.completions.create(model="ckpt", messages=msgs, max_tokens=MAX_NEW,
+                                                 stop=[" " + words[1]], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == words[0]  # nothing past the stop leaked
     r = client.chat.completions.create(model="ckpt", messages=msgs, max_tokens=1)
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 1
     assert r.choices[0].message.content == words[0]
