@@ -119,6 +119,9 @@ class Policy:
     [B, H, L, L] array), "fused" (`jax.nn.dot_product_attention`: cuDNN on GPU) or "splash" (the Pallas
     splash-attention kernel when compiling for TPU, "chunked" elsewhere; no ALiBi, so not MPT); see
     `layers.self_attention`.
+    `scan_group_layers`: in training and scoring, the decoder layers before each group's gated block run under one
+    `lax.scan` instead of inlined one after another: the compiled program holds one layer body instead of
+    n - 1 copies (a shorter TPU compile at 7B); same arithmetic, same parameter layout.
     `loss_chunk`: > 0 computes the output head and cross-entropy `loss_chunk` positions at a time, rematerialised,
     so no [B, L, V] float32 logits exist in training (0 = whole logits, as the forward pass returns them).
     `shard_activations`: pin [B, L, d] activations to the batch axes at block boundaries in the jitted train/eval
@@ -132,6 +135,7 @@ class Policy:
     frozen_param_dtype: str = ""
     attention: str = "dense"
     attention_chunk: int = 512
+    scan_group_layers: bool = False
     loss_chunk: int = 0
     shard_activations: bool = True
 

@@ -106,11 +106,17 @@ class DecoderGroup(nnx.Module):
         self.layers = nnx.List([arch.DecoderLayer(cfg.text, policy, rngs) for _ in range(cfg.cross_attn_every_n_layers)])
         self.gated_cross_attn = GatedCrossAttentionBlock(cfg, policy, rngs)
         self.remat = policy.remat
+        self.scan_inner = policy.scan_group_layers
 
     def __call__(self, x, media, text_time, ctx, collect: bool, kv: tuple[L.KVCache, ...] | None = None,
                  media_kv=None):
         remat = self.remat if kv is None else "none"
         run_layer, run_block = L.checkpointed(_run_layer, remat), L.checkpointed(_run_block, remat)
+        if self.scan_inner and kv is None and not collect and len(self.layers) > 2:
+            x = self._scan_leading_layers(x, ctx, run_layer)
+            x = S.constrain(run_block(self.gated_cross_attn, x, media, text_time, media_kv), ACTIVATION)
+            x, _ = run_layer(self.layers[-1], x, ctx, None)
+            return S.constrain(x, ACTIVATION), (None, None)
         inputs, xattn_out, new_kv = [], None, []
         for j, layer in enumerate(self.layers):
             if collect:
@@ -122,6 +128,20 @@ class DecoderGroup(nnx.Module):
             x = S.constrain(x, ACTIVATION)
             new_kv.append(layer_kv)
         return x, ((jnp.stack(inputs), xattn_out) if collect else None, None if kv is None else tuple(new_kv))
+
+    def _scan_leading_layers(self, x, ctx, run_layer):
+        """The layers before the gated block under one `lax.scan` (Policy.scan_group_layers): their weights are
+        stacked inside the step (a per-chip copy of a few MB under FSDP), so the compiled program holds one layer
+        body instead of n - 1 inlined copies. Checkpoints keep one entry per layer; the arithmetic is unchanged."""
+        graphdef, first = nnx.split(self.layers[0])
+        rest = [nnx.state(layer) for layer in self.layers[1:-1]]
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), first, *rest)
+
+        def body(h, state):
+            h, _ = run_layer(nnx.merge(graphdef, state), h, ctx, None)
+            return S.constrain(h, ACTIVATION), None
+
+        return jax.lax.scan(body, x, stacked)[0]
 
 
 class Otter(nnx.Module):
