@@ -126,6 +126,11 @@ class Policy:
     so no [B, L, V] float32 logits exist in training (0 = whole logits, as the forward pass returns them).
     `shard_activations`: pin [B, L, d] activations to the batch axes at block boundaries in the jitted train/eval
     steps (`sharding.constrain`); off leaves their layout to XLA's propagation.
+    `media_budget`: > 0 makes the whole-sequence forward pass (training, evaluation) encode only the media slots the
+    text refers to, at most ceil(media_budget * rows) per batch (per batch shard under a mesh), gathered into one
+    static-shape batch; padded slots get zero latents, which no token attends to. A batch with more real media
+    than that encodes every slot (same result, no saving). 0 encodes every slot (generation always does).
+    See `Otter.encode_media`.
     """
 
     dtype: str = "float32"  # compute dtype of activations and matmuls
@@ -138,6 +143,7 @@ class Policy:
     scan_group_layers: bool = False
     loss_chunk: int = 0
     shard_activations: bool = True
+    media_budget: float = 0.0  # media items encoded per batch row on average (0 = every slot)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ last group (when n does not divide the depth) have no block and run unscanned.
 from __future__ import annotations
 
 import dataclasses
+import math
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -78,6 +79,26 @@ def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(jnp.float32),
                                                          jnp.where(valid, targets, 0))
     return jnp.sum(ce * valid) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def _encode_vision(encoder: CLIPVisionEncoder, perceiver: PerceiverResampler, vision_x: jax.Array
+                   ) -> tuple[jax.Array, jax.Array]:
+    b, t, f = vision_x.shape[:3]
+    hidden = encoder(S.constrain(vision_x.reshape((b * t * f,) + vision_x.shape[3:]), ("batch", None, None, None)))
+    hidden = S.constrain(hidden, ACTIVATION)
+    patches = hidden[:, 1:].reshape(b, t, f, hidden.shape[1] - 1, hidden.shape[2])
+    return hidden, S.constrain(perceiver(patches), ("batch", None, None, None))
+
+
+def _batch_shards(b: int) -> int:
+    """How many ways the batch axis of a [b, ...] activation is split under the enclosing
+    `sharding.activation_sharding` (1 outside one)."""
+    active = S._ACTIVE.get()
+    if active is None:
+        return 1
+    mesh, rules = active
+    spec = S.logical_to_spec(("batch",), (b,), mesh, rules)[0]
+    return math.prod(mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec or ()))
 
 
 class DecodeCache(NamedTuple):
@@ -167,12 +188,41 @@ class Otter(nnx.Module):
     # ------------------------------------------------------------------------------------------------ pieces
     def encode_vision(self, vision_x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """vision_x [B, T, F, C, H, W] -> (CLIP last hidden state [B*T*F, 1+v, D], perceiver latents [B, T, n, D])."""
+        return _encode_vision(self.vision_encoder, self.perceiver, vision_x)
+
+    def encode_media(self, vision_x: jax.Array, text_time: jax.Array) -> jax.Array:
+        """Perceiver latents [B, T, n, D] of the media the text refers to; the other slots' latents are zero.
+
+        Row b uses slots 0..m_b-1, m_b = min(max(text_time[b]), T): a token at text_time j attends to slot j only,
+        and one past T to every slot (the reference's rule), so no token reads a slot beyond m_b. (The loader gives
+        each media item exactly one `<image>` token, packed rows hold their episodes' media in order, so m_b is the
+        row's real media.) With `Policy.media_budget` > 0 those slots are gathered into a static batch of
+        k = ceil(budget * rows) items per batch shard (rows = B / shards; the shards: the batch axes of the
+        enclosing `sharding.activation_sharding`, 1 without one), encoded, and scattered back; a batch where some
+        shard has more than k real media takes the `encode_vision` path instead (`nnx.cond`: same result, no
+        saving). Every gathered item comes from its own shard's rows, so compaction moves no pixels between chips."""
         b, t, f = vision_x.shape[:3]
-        hidden = self.vision_encoder(S.constrain(vision_x.reshape((b * t * f,) + vision_x.shape[3:]),
-                                                 ("batch", None, None, None)))
-        hidden = S.constrain(hidden, ACTIVATION)
-        patches = hidden[:, 1:].reshape(b, t, f, hidden.shape[1] - 1, hidden.shape[2])
-        return hidden, S.constrain(self.perceiver(patches), ("batch", None, None, None))
+        shards = _batch_shards(b)
+        rows = b // shards
+        k = math.ceil(rows * self.policy.media_budget)
+        if self.policy.media_budget <= 0 or k >= rows * t:
+            return self.encode_vision(vision_x)[1]
+        used = jnp.clip(jnp.max(text_time, axis=1), 0, t)
+        real = S.constrain((jnp.arange(t)[None, :] < used[:, None]).reshape(shards, rows * t), ("batch", None))
+
+        def compact(encoder, perceiver, vx):
+            idx = jax.vmap(lambda r: jnp.nonzero(r, size=k, fill_value=rows * t)[0])(real)  # [shards, k]
+            items = S.constrain(vx.reshape((shards, rows * t) + vx.shape[2:]), ("batch",) + (None,) * 6)
+            picked = jax.vmap(lambda x, i: jnp.take(x, i, axis=0, mode="fill", fill_value=0))(items, idx)
+            picked = S.constrain(picked, ("batch",) + (None,) * 6).reshape((shards * k, 1) + vx.shape[2:])
+            latents = _encode_vision(encoder, perceiver, picked)[1]  # [shards * k, 1, n, D]
+            latents = latents.reshape((shards, k) + latents.shape[2:])
+            out = jax.vmap(lambda i, z: jnp.zeros((rows * t,) + z.shape[1:], z.dtype).at[i].set(z, mode="drop"))(
+                idx, latents)
+            return S.constrain(out.reshape((b, t) + out.shape[2:]), ("batch", None, None, None))
+
+        return nnx.cond(jnp.all(jnp.sum(real, axis=1) <= k), compact, lambda e, p, vx: _encode_vision(e, p, vx)[1],
+                        self.vision_encoder, self.perceiver, vision_x)
 
     def decode(self, input_ids: jax.Array, media: jax.Array, mask: jax.Array, positions: jax.Array,
                text_time: jax.Array, collect: bool = False, cache: DecodeCache | None = None,
@@ -259,13 +309,14 @@ class Otter(nnx.Module):
         """The output projection as a [d, V] matrix (the tied input embedding, transposed, for MPT)."""
         return self.embed_tokens.embedding[...].T if self.lm_head is None else self.lm_head.kernel[...]
 
-    def _inputs(self, vision_x, input_ids, attention_mask, text_time, segment_ids, positions):
+    def _inputs(self, vision_x, input_ids, attention_mask, text_time, segment_ids, positions, all_media=False):
         """Media latents, per-token visibility, positions and text_time of a whole-sequence forward pass.
 
         Unpacked rows: segment = attention_mask, positions 0..L-1 (the reference). Packed rows (`segment_ids`,
         1, 2, ... per episode, 0 on padding, and `positions` restarting per episode): each episode sees only its
         own tokens, and its text_time counts only its own `<image>` tokens, as the media of a row are the packed
-        episodes' media in order."""
+        episodes' media in order. Under `Policy.media_budget` only the media the text refers to are encoded
+        (`encode_media`; the CLIP hidden state is then None), unless `all_media`."""
         vision_x = jnp.asarray(vision_x, self.policy.dtype)
         input_ids = jnp.asarray(input_ids, jnp.int32)
         b, l = input_ids.shape
@@ -273,7 +324,10 @@ class Otter(nnx.Module):
         segments = attention_mask.astype(jnp.int32) if segment_ids is None else jnp.asarray(segment_ids, jnp.int32)
         if text_time is None:
             text_time = compute_text_time(input_ids, self.media_token_id, segment_ids=segment_ids)
-        vis_hidden, media = self.encode_vision(vision_x)
+        if all_media or self.policy.media_budget <= 0:
+            vis_hidden, media = self.encode_vision(vision_x)
+        else:
+            vis_hidden, media = None, self.encode_media(vision_x, text_time)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
         return input_ids, vis_hidden, media, L.Visibility.causal(segments), jnp.asarray(positions, jnp.int32), \
@@ -292,7 +346,7 @@ class Otter(nnx.Module):
         """Forward pass as the reference computes it (positions 0..L-1, causal + key-padding mask); packed rows
         with `segment_ids` / `positions` (see `_inputs`)."""
         ids, vis_hidden, media, vis, positions, text_time = self._inputs(
-            vision_x, input_ids, attention_mask, text_time, segment_ids, positions)
+            vision_x, input_ids, attention_mask, text_time, segment_ids, positions, output_intermediates)
         logits, inter, _ = self.decode(ids, media, vis, positions, text_time, collect=output_intermediates)
         loss = None if labels is None else causal_lm_loss(logits, jnp.asarray(labels, jnp.int32))
         if not output_intermediates:

@@ -34,6 +34,14 @@ def count_targets(labels: jax.Array) -> jax.Array:
     return jnp.sum(labels[:, 1:] != IGNORE_INDEX)
 
 
+def count_media(input_ids: jax.Array, slots: int, media_token_id: int | None) -> jax.Array:
+    """Real media items of a batch: each row's `<image>` tokens (one per item, packed rows included), at most its
+    `slots`; every slot when the model has no media token id. What MFU counts as vision work (not padded slots)."""
+    if media_token_id is None:
+        return jnp.asarray(input_ids.shape[0] * slots, jnp.int32)
+    return jnp.sum(jnp.minimum(jnp.sum(input_ids == media_token_id, axis=1), slots))
+
+
 def loss_sum(model: nnx.Module, batch: Batch) -> tuple[jax.Array, jax.Array]:
     """(summed cross-entropy over the batch's answer tokens, their count). uint8 pixels are normalised here."""
     vision_x = batch["vision_x"]
@@ -95,7 +103,9 @@ def train_step_fn(graphdef: nnx.GraphDef, grad_accum: int, schedule: Callable, t
         lr = schedule(opt.step[...])
         opt.update(model, grads)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": jnp.asarray(lr, jnp.float32),
-                   "tokens": jnp.sum(batch["attention_mask"] != 0), "targets": count_targets(batch["labels"])}
+                   "tokens": jnp.sum(batch["attention_mask"] != 0), "targets": count_targets(batch["labels"]),
+                   "media": count_media(batch["input_ids"], batch["vision_x"].shape[1],
+                                        model.cfg.tokens.media if model.cfg.tokens else None)}
         return nnx.state((model, opt)), metrics
 
     return step
