@@ -1,6 +1,6 @@
-"""Policy.scan_group_layers (the layers before each gated block under one lax.scan, for a shorter compile) computes
-what the inlined layers compute: logits and parameter gradients within 1e-5 (fp32), with and without remat, and
-leaves the parameter layout unchanged."""
+"""Policy.scan_group_layers (the layers before each gated block under one lax.scan, for a shorter compile) and
+Policy.offload_layer_inputs (the layer inputs remat keeps, held in host memory) compute what the inlined layers
+compute: logits and parameter gradients within 1e-5 (fp32), with the parameter layout unchanged."""
 import dataclasses
 
 import jax
@@ -35,8 +35,9 @@ def test_scanned_group_layers_equal_inlined():
 
     m = model_with_live_gates(cfg, Policy(remat="nothing_saveable"))
 
-    def run(scan):
+    def run(scan, offload=False):
         m.groups.scan_inner = scan  # the switch Policy.scan_group_layers sets, on the same weights
+        m.policy = dataclasses.replace(m.policy, offload_layer_inputs=offload)
         graphdef, params, rest = nnx.split(m, nnx.Param, ...)
 
         def loss(p):
@@ -47,12 +48,13 @@ def test_scanned_group_layers_equal_inlined():
         return logits, nnx.to_flat_state(grads)
 
     ref_logits, ref_grads = run(False)
-    logits, grads = run(True)
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=1e-5)
-    assert [p for p, _ in grads] == [p for p, _ in ref_grads]  # same parameters, same paths and shapes
-    for (path, g), (_, r) in zip(grads, ref_grads):
-        np.testing.assert_allclose(np.asarray(g.get_value()), np.asarray(r.get_value()), atol=1e-5,
-                                   err_msg=".".join(map(str, path)))
+    for switches in ({"scan": True}, {"scan": False, "offload": True}):
+        logits, grads = run(**switches)
+        np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=1e-5, err_msg=str(switches))
+        assert [p for p, _ in grads] == [p for p, _ in ref_grads]  # same parameters, same paths and shapes
+        for (path, g), (_, r) in zip(grads, ref_grads):
+            np.testing.assert_allclose(np.asarray(g.get_value()), np.asarray(r.get_value()), atol=1e-5,
+                                       err_msg=f"{switches} {'.'.join(map(str, path))}")
 
 
 def test_scanned_group_program_has_one_layer_body():

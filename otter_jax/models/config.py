@@ -122,6 +122,9 @@ class Policy:
     `scan_group_layers`: in training and scoring, the decoder layers before each group's gated block run under one
     `lax.scan` instead of inlined one after another: the compiled program holds one layer body instead of
     n - 1 copies (a shorter TPU compile at 7B); same arithmetic, same parameter layout.
+    `offload_layer_inputs`: in training, the inputs of every decoder layer and gated block (what per-layer remat
+    keeps for the backward pass: L x d per sequence each, 640 MiB per 2048-token sequence at 7B) are kept in
+    host memory between the forward and the backward pass instead of HBM (TPU host offload; needs remat).
     `loss_chunk`: > 0 computes the output head and cross-entropy `loss_chunk` positions at a time, rematerialised,
     so no [B, L, V] float32 logits exist in training (0 = whole logits, as the forward pass returns them).
     `shard_activations`: pin [B, L, d] activations to the batch axes at block boundaries in the jitted train/eval
@@ -141,6 +144,7 @@ class Policy:
     attention: str = "dense"
     attention_chunk: int = 512
     scan_group_layers: bool = False
+    offload_layer_inputs: bool = False
     loss_chunk: int = 0
     shard_activations: bool = True
     media_budget: float = 0.0  # media items encoded per batch row on average (0 = every slot)

@@ -267,9 +267,16 @@ def create_stacked(factory: Callable[[nnx.Rngs], nnx.Module], n: int, rngs: nnx.
     return make(rngs)
 
 
+LAYER_INPUT = "layer_input"  # checkpoint name of every decoder layer's / gated block's input in training
+
+
 def remat_policy(name: str) -> Callable | None:
     if name in ("full", "nothing_saveable"):
         return jax.checkpoint_policies.nothing_saveable
+    if name == "offload_layer_inputs":  # keep the named layer inputs in host memory, recompute everything else
+        return jax.checkpoint_policies.save_and_offload_only_these_names(
+            names_which_can_be_saved=[], names_which_can_be_offloaded=[LAYER_INPUT], offload_src="device",
+            offload_dst="pinned_host")
     try:
         return getattr(jax.checkpoint_policies, name)
     except AttributeError:

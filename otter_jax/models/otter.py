@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.ad_checkpoint import checkpoint_name
 from flax import nnx, struct
 
 from otter_jax import sharding as S
@@ -133,19 +134,20 @@ class DecoderGroup(nnx.Module):
                  media_kv=None):
         remat = self.remat if kv is None else "none"
         run_layer, run_block = L.checkpointed(_run_layer, remat), L.checkpointed(_run_block, remat)
+        name = (lambda h: checkpoint_name(h, L.LAYER_INPUT)) if kv is None else (lambda h: h)
         if self.scan_inner and kv is None and not collect and len(self.layers) > 2:
             x = self._scan_leading_layers(x, ctx, run_layer)
-            x = S.constrain(run_block(self.gated_cross_attn, x, media, text_time, media_kv), ACTIVATION)
-            x, _ = run_layer(self.layers[-1], x, ctx, None)
+            x = S.constrain(run_block(self.gated_cross_attn, name(x), media, text_time, media_kv), ACTIVATION)
+            x, _ = run_layer(self.layers[-1], name(x), ctx, None)
             return S.constrain(x, ACTIVATION), (None, None)
         inputs, xattn_out, new_kv = [], None, []
         for j, layer in enumerate(self.layers):
             if collect:
                 inputs.append(x)
             if j == len(self.layers) - 1:
-                x = xattn_out = S.constrain(run_block(self.gated_cross_attn, x, media, text_time, media_kv),
+                x = xattn_out = S.constrain(run_block(self.gated_cross_attn, name(x), media, text_time, media_kv),
                                             ACTIVATION)
-            x, layer_kv = run_layer(layer, x, ctx, None if kv is None else kv[j])
+            x, layer_kv = run_layer(layer, name(x), ctx, None if kv is None else kv[j])
             x = S.constrain(x, ACTIVATION)
             new_kv.append(layer_kv)
         return x, ((jnp.stack(inputs), xattn_out) if collect else None, None if kv is None else tuple(new_kv))
@@ -159,7 +161,7 @@ class DecoderGroup(nnx.Module):
         stacked = jax.tree.map(lambda *a: jnp.stack(a), first, *rest)
 
         def body(h, state):
-            h, _ = run_layer(nnx.merge(graphdef, state), h, ctx, None)
+            h, _ = run_layer(nnx.merge(graphdef, state), checkpoint_name(h, L.LAYER_INPUT), ctx, None)
             return S.constrain(h, ACTIVATION), None
 
         return jax.lax.scan(body, x, stacked)[0]
@@ -250,7 +252,8 @@ class Otter(nnx.Module):
                 group_kv.append(kv)
             ys = (None, tuple(group_kv))
         elif cache is None:  # remat is applied per layer inside each group (DecoderGroup)
-            x, ys = L.scan(self.groups, x, lambda g, h: g(h, media, text_time, ctx, collect))
+            x, ys = L.scan(self.groups, x, lambda g, h: g(h, media, text_time, ctx, collect),
+                           "offload_layer_inputs" if self.policy.offload_layer_inputs and not collect else "none")
         else:
             x, ys = L.scan(self.groups, x, lambda g, h, kv: g(h, media, text_time, ctx, collect, kv),
                            xs=cache.groups)

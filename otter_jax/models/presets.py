@@ -58,4 +58,4 @@ def pod_policy(**changes) -> dict[str, Any]:
     rematerialised; attention in blocks of 512 queries; the loss 256 positions at a time."""
     return {"dtype": "bfloat16", "param_dtype": "float32", "frozen_param_dtype": "bfloat16",
             "remat": "nothing_saveable", "attention": "chunked", "attention_chunk": 512, "loss_chunk": 256,
-            **changes}
+            "scan_group_layers": False, "offload_layer_inputs": False, **changes}

@@ -22,8 +22,8 @@ def defaults() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict()  # HF-style Otter config dict (from the experiment file)
     c.policy = dict(dtype="float32", param_dtype="float32", remat="none", scan_layers=True, frozen_param_dtype="",
-                    attention="dense", attention_chunk=512, loss_chunk=0,
-                    shard_activations=True, media_budget=0.0)  # models.config.Policy
+                    attention="dense", attention_chunk=512, loss_chunk=0, scan_group_layers=False,
+                    offload_layer_inputs=False, shard_activations=True, media_budget=0.0)  # models.config.Policy
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.rules = ""  # logical axis rules as "name=axis,name=axis1+axis2,name=" ("" = otter_jax.sharding.DEFAULT_RULES)
     c.workdir = "runs/train"  # checkpoints in <workdir>/checkpoints, TensorBoard in <workdir>/tensorboard; or gs://
