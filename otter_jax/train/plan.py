@@ -20,7 +20,7 @@ from otter_jax.config_files import accept_overrides
 from otter_jax.train.cli import shorthand_overrides
 
 MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
-                 "generated_code_size_in_bytes")
+                 "generated_code_size_in_bytes", "host_temp_size_in_bytes")  # host: Policy.offload_layer_inputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +72,7 @@ def memory(compiled) -> dict | None:
     mem = compiled.memory_analysis()
     if mem is None:
         return None
-    m = {f: int(getattr(mem, f)) for f in MEMORY_FIELDS if hasattr(mem, f)}
+    m = {f: int(getattr(mem, f)) for f in MEMORY_FIELDS if getattr(mem, f, 0) or not f.startswith("host")}
     m["peak_estimate_bytes"] = (m.get("argument_size_in_bytes", 0) + m.get("output_size_in_bytes", 0)
                                 - m.get("alias_size_in_bytes", 0) + m.get("temp_size_in_bytes", 0))
     return m
