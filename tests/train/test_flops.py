@@ -59,3 +59,18 @@ def test_mfu_counts_real_tokens_only(tmp_path):
     dt = rep.t_last - t0
     # The interval's model FLOPs are 1e9 + 64 * 1e7 = 1.64e9 (not the 128-slot shape's 2.28e9).
     assert abs(rep.last_speed["perf/model_tflops_per_device_per_s"] * dt * 1e12 - 1.64e9) < 1e3
+
+
+def test_mfu_counts_real_media_only(tmp_path):
+    """Vision and perceiver FLOPs are counted per real media item (the step's `media` output), so padded media
+    slots are not model work, encoded or not (Policy.media_budget: tests/test_media_skip.py)."""
+    from otter_jax.train.metrics import Reporter
+
+    rep = Reporter(str(tmp_path), 4, 2, peak_flops=1e12, n_devices=1, progress=False)
+    rep.start(0)
+    out = {"loss": 1.0, "grad_norm": 1.0, "lr": 1.0, "tokens": 64.0, "targets": 10.0, "media": 6.0}
+    rep.step_done(1, out, (0.0, 1e7, 1e8))  # 10 MFLOP per real token, 100 MFLOP per real media item
+    t0 = rep.t_last
+    rep.flush()
+    # 64 x 1e7 + 6 x 1e8 = 1.24e9 (not a 16-slot shape's 2.24e9).
+    assert abs(rep.last_speed["perf/model_tflops_per_device_per_s"] * (rep.t_last - t0) * 1e12 - 1.24e9) < 1e3
