@@ -94,11 +94,10 @@ def _encode_vision(encoder: CLIPVisionEncoder, perceiver: PerceiverResampler, vi
 def _batch_shards(b: int) -> int:
     """How many ways the batch axis of a [b, ...] activation is split under the enclosing
     `sharding.activation_sharding` (1 outside one)."""
-    active = S._ACTIVE.get()
-    if active is None:
+    mesh = S.active_mesh()
+    if mesh is None:
         return 1
-    mesh, rules = active
-    spec = S.logical_to_spec(("batch",), (b,), mesh, rules)[0]
+    spec = S.logical_spec(("batch",), (b,))[0]
     return math.prod(mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec or ()))
 
 
