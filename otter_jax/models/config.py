@@ -124,7 +124,8 @@ class Policy:
     n - 1 copies (a shorter TPU compile at 7B); same arithmetic, same parameter layout.
     `offload_layer_inputs`: in training, the inputs of every decoder layer and gated block (what per-layer remat
     keeps for the backward pass: L x d per sequence each, 640 MiB per 2048-token sequence at 7B) are kept in
-    host memory between the forward and the backward pass instead of HBM (TPU host offload; needs remat).
+    host memory between the forward and the backward pass instead of HBM (TPU host offload; needs remat). It
+    overrides `scan_group_layers` (XLA:TPU cannot offload the residuals of the nested scan).
     `loss_chunk`: > 0 computes the output head and cross-entropy `loss_chunk` positions at a time, rematerialised,
     so no [B, L, V] float32 logits exist in training (0 = whole logits, as the forward pass returns them).
     `shard_activations`: pin [B, L, d] activations to the batch axes at block boundaries in the jitted train/eval

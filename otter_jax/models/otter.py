@@ -127,7 +127,8 @@ class DecoderGroup(nnx.Module):
         self.layers = nnx.List([arch.DecoderLayer(cfg.text, policy, rngs) for _ in range(cfg.cross_attn_every_n_layers)])
         self.gated_cross_attn = GatedCrossAttentionBlock(cfg, policy, rngs)
         self.remat = policy.remat
-        self.scan_inner = policy.scan_group_layers
+        # XLA:TPU cannot offload the residuals of a scan nested in the group scan: offloading keeps layers inlined
+        self.scan_inner = policy.scan_group_layers and not policy.offload_layer_inputs
 
     def __call__(self, x, media, text_time, ctx, collect: bool, kv: tuple[L.KVCache, ...] | None = None,
                  media_kv=None):
