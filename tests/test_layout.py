@@ -86,7 +86,8 @@ def test_gradients_match_between_layouts(golden_model):
             return m(inputs["vision_x"], inputs["input_ids"], attention_mask=inputs["attention_mask"],
                      labels=inputs["labels"]).loss
 
-        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable_filter()))(model)
+        # Jitted, as in training: op by op, the two passes took 62 s of CPU against 34 s jitted (same assertions).
+        loss, grads = nnx.jit(nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable_filter())))(model)
         return float(loss), nnx.to_pure_dict(grads)
 
     loss_s, grads_s = loss_and_grads(stacked)

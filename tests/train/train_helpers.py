@@ -1,8 +1,9 @@
 """Helpers for the trainer tests: a tiny synthetic-data config, the demo store, a shared compilation cache.
 
 Not a conftest.py (a second `conftest` module would shadow tests/conftest.py). The persistent compilation cache
-(one folder per test session) lets the several train() runs of these tests, and the worker processes of the
-distributed test, compile each distinct step program once.
+(one folder per test session, set up for the whole session in tests/conftest.py) lets the several train() runs of
+these tests, and the worker processes of the distributed test, compile each distinct step program once. The worker
+scripts import this module without tests/conftest.py: they find the folder in OTTER_TEST_COMPILE_CACHE.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import jax
 import ml_collections
 import pytest
 
-CACHE_DIR = os.environ.setdefault("OTTER_TEST_COMPILE_CACHE", tempfile.mkdtemp(prefix="otter-jax-cc-"))
+CACHE_DIR = os.environ.get("OTTER_TEST_COMPILE_CACHE") or tempfile.mkdtemp(prefix="otter-jax-cc-")
+os.environ["OTTER_TEST_COMPILE_CACHE"] = CACHE_DIR
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
