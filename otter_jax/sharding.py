@@ -176,3 +176,12 @@ def logical_spec(names: Sequence[str | None], shape: Sequence[int]) -> P:
     """The PartitionSpec of an activation under the enclosing `activation_sharding` (for shard_map'd kernels)."""
     mesh, rules = _ACTIVE.get()
     return logical_to_spec(names, shape, mesh, rules)
+
+
+def batch_shards(size: int) -> int:
+    """How many ways the enclosing `activation_sharding` splits a batch axis of `size` rows (1 outside one)."""
+    mesh = active_mesh()
+    if mesh is None:
+        return 1
+    axes = logical_spec(("batch",), (size,))[0]
+    return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ()))

@@ -64,3 +64,12 @@ def test_indivisible_dims_are_replicated():
     assert S.logical_to_spec(("vocab", "embed"), (32004, 4096), mesh, S.DEFAULT_RULES) == P(None, None)
     mesh = S.make_mesh(data=1, fsdp=2, tensor=4)
     assert S.logical_to_spec(("embed", "embed"), (8, 8), mesh, S.DEFAULT_RULES) == P("fsdp", None)
+
+
+def test_batch_shards_follow_the_batch_rule():
+    """What media compaction (Policy.media_budget) gathers per shard: "batch" maps to data x fsdp by default."""
+    mesh = S.make_mesh(data=2, fsdp=2, tensor=2)
+    assert S.batch_shards(8) == 1  # outside activation_sharding nothing is split
+    with S.activation_sharding(mesh):
+        assert S.batch_shards(8) == 4
+        assert S.batch_shards(6) == 1  # not divisible by 4: the batch is replicated, one shard

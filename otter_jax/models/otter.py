@@ -91,16 +91,6 @@ def _encode_vision(encoder: CLIPVisionEncoder, perceiver: PerceiverResampler, vi
     return hidden, S.constrain(perceiver(patches), ("batch", None, None, None))
 
 
-def _batch_shards(b: int) -> int:
-    """How many ways the batch axis of a [b, ...] activation is split under the enclosing
-    `sharding.activation_sharding` (1 outside one)."""
-    mesh = S.active_mesh()
-    if mesh is None:
-        return 1
-    spec = S.logical_spec(("batch",), (b,))[0]
-    return math.prod(mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec or ()))
-
-
 class DecodeCache(NamedTuple):
     """Keys/values of every decoder layer. Scanned layout: `groups[j]` holds layer j of every group
     ([G, B, S, KV, D] arrays). Unrolled layout (decoding over `unstacked_groups()`): `groups[g][j]` is layer j of
@@ -204,7 +194,7 @@ class Otter(nnx.Module):
         shard has more than k real media takes the `encode_vision` path instead (`nnx.cond`: same result, no
         saving). Every gathered item comes from its own shard's rows, so compaction moves no pixels between chips."""
         b, t, f = vision_x.shape[:3]
-        shards = _batch_shards(b)
+        shards = S.batch_shards(b)
         rows = b // shards
         k = math.ceil(rows * self.policy.media_budget)
         if self.policy.media_budget <= 0 or k >= rows * t:
