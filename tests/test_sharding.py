@@ -73,3 +73,40 @@ def test_batch_shards_follow_the_batch_rule():
     with S.activation_sharding(mesh):
         assert S.batch_shards(8) == 4
         assert S.batch_shards(6) == 1  # not divisible by 4: the batch is replicated, one shard
+
+
+def test_sequence_embedding_lookup_gathers_the_table_instead_of_an_all_to_all():
+    """layers.Embed under an FSDP mesh: the whole-sequence lookup and its gradient equal nnx.Embed's exactly, and the
+    compiled step gathers the fsdp-split table instead of moving the looked-up activations with an all-to-all."""
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+
+    from otter_jax.models import layers as L
+
+    mesh = S.make_mesh(data=1, fsdp=8, tensor=1)
+    with nnx.use_eager_sharding(False):
+        ours = L.embed(64, 32, Policy(), nnx.Rngs(0))
+    plain = nnx.Embed(64, 32, rngs=nnx.Rngs(1))
+    table = jax.device_put(ours.embedding[...], NamedSharding(mesh, P(None, "fsdp")))
+    ids = jax.device_put(jax.random.randint(jax.random.key(1), (8, 16), 0, 64), S.batch_sharding(mesh))
+
+    def compiled(module, ids):
+        graphdef, state = nnx.split(module)
+
+        def loss(table, ids):
+            state["embedding"] = state["embedding"].replace(table)
+            with S.activation_sharding(mesh):
+                x = jax.lax.with_sharding_constraint(nnx.merge(graphdef, state)(ids), S.batch_sharding(mesh, ndim=3))
+            return jnp.sum(x * jnp.arange(32.0))
+
+        step = jax.jit(jax.value_and_grad(loss))
+        hlo = step.lower(table, ids).compile().as_text()
+        return step(table, ids), hlo.count("all-to-all("), hlo.count("all-gather(")
+
+    (loss_ours, grad_ours), to_all_ours, gathers_ours = compiled(ours, ids)
+    (loss_plain, grad_plain), to_all_plain, _ = compiled(plain, ids)
+    assert (to_all_plain, to_all_ours) == (1, 0) and gathers_ours >= 1
+    assert float(loss_ours) == float(loss_plain)
+    assert np.array_equal(np.asarray(grad_ours), np.asarray(grad_plain))
+    # A decode step's single-token lookup compiles as nnx.Embed's does (no per-token gather of the whole table).
+    assert compiled(ours, ids[:, :1])[1:] == compiled(plain, ids[:, :1])[1:]

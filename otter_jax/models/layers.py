@@ -50,6 +50,29 @@ def rms_norm(dim: int, eps: float, policy: Policy, rngs: nnx.Rngs) -> nnx.RMSNor
                        scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)), **dtypes(policy))
 
 
+class Embed(nnx.Embed):
+    """Token embedding whose whole-sequence lookups read the table with its embedding axis gathered.
+
+    Why: under FSDP the table is split along the embedding axis while the token ids are split along the batch; a
+    plain `take` then needs an all-to-all of the looked-up activations (forward) and of their gradient (backward).
+    Over a 256-chip slice XLA:TPU spends about 15% of a 7B train step's compile routing those two all-to-alls, and
+    the isolated lookup compiles 3x slower with 2.6x the temporaries. Gathering the table, as FSDP does for every
+    other weight before use, makes the lookup local. Single-token lookups (decode steps) keep the split table: there
+    the activations are tiny and gathering the table each step would be the waste. Same parameters, same values."""
+
+    def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        if out_sharding is not None or inputs.ndim < 2 or inputs.shape[-1] == 1 or S.active_mesh() is None:
+            return super().__call__(inputs, out_sharding)
+        (table,) = self.promote_dtype((self.embedding[...],), dtype=self.dtype, inexact=False)
+        return jnp.take(S.constrain(table, ("vocab", None)), inputs, axis=0)
+
+
+def embed(num: int, features: int, policy: Policy, rngs: nnx.Rngs) -> Embed:
+    """The token embedding [vocab, embed] (N(0, 0.02) initialised, as the original's)."""
+    return Embed(num, features, rngs=rngs, **dtypes(policy),
+                 embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed")))
+
+
 def param(shape: tuple[int, ...], axes: Axes, policy: Policy, rngs: nnx.Rngs,
           init: Callable = nnx.initializers.normal(1.0)) -> nnx.Param:
     value = init(rngs.params(), shape, jnp.dtype(policy.param_dtype))

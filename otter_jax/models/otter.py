@@ -167,9 +167,7 @@ class Otter(nnx.Module):
         with nnx.use_eager_sharding(False):
             self.vision_encoder = CLIPVisionEncoder(cfg.vision, policy, rngs)
             self.perceiver = PerceiverResampler(cfg, policy, rngs)
-            self.embed_tokens = nnx.Embed(
-                text.vocab_size, text.hidden_size, rngs=rngs, **L.dtypes(policy),
-                embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed")))
+            self.embed_tokens = L.embed(text.vocab_size, text.hidden_size, policy, rngs)
             self.groups = L.create_stacked(lambda r: DecoderGroup(cfg, arch, policy, r), cfg.num_groups, rngs,
                                              policy.scan_layers)
             self.tail = nnx.List([arch.DecoderLayer(text, policy, rngs) for _ in range(cfg.num_tail_layers)])

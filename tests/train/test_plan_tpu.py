@@ -88,6 +88,7 @@ def test_cli_json_last_line(tmp_path):
     for key in ("fits", "peak_bytes_per_device", "hbm_bytes_per_device", "device_kind", "mesh", "per_chip_batch"):
         assert key in p
     assert p["fits"] and p["device_kind"] == "TPU v5 lite" and "verdict: fits" in out.stdout
+    assert p["compile_cpu_seconds"] > 0 and "CPU-seconds" in out.stdout
 
 
 def test_a_compile_past_the_usable_hbm_is_not_a_fit():
