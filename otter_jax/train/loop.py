@@ -115,10 +115,10 @@ def train(c: ml_collections.ConfigDict) -> Result:
     eval_step = STEP.jit_eval_step(ts, mesh, rules)
     eval_set: list[dict] | None = None
     peak = c.train.peak_flops or flops.device_peak_flops(jax.devices()[0], policy.dtype)
-    def shape_flops(shapes):  # (0, FLOPs per real token, per real media item): MFU counts real work only
+    def shape_flops(shapes):  # (FLOPs per real token, per real media item): MFU counts real work only
         media, text = flops.train_flops_parts(cfg, shapes[1][0], shapes[1][1], shapes[0][1], shapes[0][2],
                                               c.train.train_lm, c.train.train_vision)
-        return 0.0, text / (shapes[1][0] * shapes[1][1]), media / (shapes[0][0] * shapes[0][1])
+        return text / (shapes[1][0] * shapes[1][1]), media / (shapes[0][0] * shapes[0][1])
 
     step_flops = memo_by_shape(shape_flops)
     tb_dir = _join(workdir, "tensorboard")

@@ -47,9 +47,9 @@ class Reporter:
             self.bar.n = step
             self.bar.refresh()
 
-    def step_done(self, step: int, outputs: dict, flops: float | tuple[float, ...]) -> None:
-        """`flops`: the step's model FLOPs, or (fixed FLOPs, FLOPs per real token[, FLOPs per real media item]) to be
-        counted with the step's `tokens` (and `media`) outputs (padding and padded media slots are not model work)."""
+    def step_done(self, step: int, outputs: dict, flops: float | tuple[float, float]) -> None:
+        """`flops`: the step's model FLOPs, or (FLOPs per real token, FLOPs per real media item) to be counted with the
+        step's `tokens` and `media` outputs (padding and padded media slots are not model work)."""
         self.pending.append((step, outputs, flops))
         self.report(step)
         if self.bar is not None:
@@ -67,8 +67,8 @@ class Reporter:
         counts = [f for _, _, f in self.pending]
         self.pending = []
         rows = [{k: float(np.asarray(v)) for k, v in o.items()} | {"step": s} for s, o in zip(steps, outputs)]
-        flops = sum(f[0] + f[1] * r["tokens"] + (f[2] * r["media"] if len(f) > 2 else 0.0)
-                    if isinstance(f, tuple) else f for f, r in zip(counts, rows))
+        flops = sum(f[0] * r["tokens"] + f[1] * r["media"] if isinstance(f, tuple) else f
+                    for f, r in zip(counts, rows))
         for r in rows:
             self.writer.write_scalars(r["step"], {"train/loss": r["loss"], "train/grad_norm": r["grad_norm"],
                                                   "train/learning_rate": r["lr"]})

@@ -51,8 +51,8 @@ def test_mfu_counts_real_tokens_only(tmp_path):
 
     rep = Reporter(str(tmp_path), 4, 2, peak_flops=1e12, n_devices=1, progress=False)
     rep.start(0)
-    out = {"loss": 1.0, "grad_norm": 1.0, "lr": 1.0, "tokens": 64.0, "targets": 10.0}
-    rep.step_done(1, out, (1e9, 1e7))  # 1 GFLOP of media work + 10 MFLOP per real token
+    out = {"loss": 1.0, "grad_norm": 1.0, "lr": 1.0, "tokens": 64.0, "targets": 10.0, "media": 10.0}
+    rep.step_done(1, out, (1e7, 1e8))  # 10 MFLOP per real token + 10 media items of 100 MFLOP (1 GFLOP)
     t0 = rep.t_last
     rows = rep.flush()
     assert rows and rows[0]["tokens"] == 64
@@ -69,7 +69,7 @@ def test_mfu_counts_real_media_only(tmp_path):
     rep = Reporter(str(tmp_path), 4, 2, peak_flops=1e12, n_devices=1, progress=False)
     rep.start(0)
     out = {"loss": 1.0, "grad_norm": 1.0, "lr": 1.0, "tokens": 64.0, "targets": 10.0, "media": 6.0}
-    rep.step_done(1, out, (0.0, 1e7, 1e8))  # 10 MFLOP per real token, 100 MFLOP per real media item
+    rep.step_done(1, out, (1e7, 1e8))  # 10 MFLOP per real token, 100 MFLOP per real media item
     t0 = rep.t_last
     rep.flush()
     # 64 x 1e7 + 6 x 1e8 = 1.24e9 (not a 16-slot shape's 2.24e9).
